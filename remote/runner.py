@@ -1,0 +1,389 @@
+"""The host side: start a container with the server in it, and hand out its environments."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import Pyro5.api
+import Pyro5.errors
+
+from . import wire
+from .client import RemoteEnvironmentClient
+from .errors import (
+    AuthenticationError,
+    CallTimeout,
+    ContainerDied,
+    ContainerStartError,
+    EnvCreationError,
+    ProtocolError,
+    RemoteError,
+    VersionMismatch,
+    remote_exception,
+)
+from .image import resolve_image
+from .payload import BOOTSTRAP, payload_dir
+from .runtime import Apptainer, ServerProcess
+
+#: Seconds a call may take before :class:`CallTimeout`; ``$REMOTE_TIMEOUT`` overrides it.
+DEFAULT_TIMEOUT = float(os.environ.get("REMOTE_TIMEOUT", "300"))
+#: Seconds the container may take to answer its first request.
+DEFAULT_START_TIMEOUT = float(os.environ.get("REMOTE_START_TIMEOUT", "120"))
+#: Longest unix socket path accepted (the kernel's limit is 107 bytes).
+MAX_SOCKET_PATH = 100
+
+_live: set[RemoteRunner] = set()
+_live_lock = threading.Lock()
+
+
+class RemoteRunner:
+    """A container running the remote server, and the environments created in it.
+
+    Args:
+        image: path of an Apptainer image (``.sif`` file or sandbox folder) that has Python,
+            numpy and gymnasium; what the server needs beyond that is brought in at start.
+        transport: ``"unix"`` (default): unix sockets in an owner-only folder; ``"tcp"``:
+            ports on 127.0.0.1, allocated by the server. Both require the session secret.
+        python: the Python executable inside the image.
+        timeout: seconds any call may take before :class:`remote.CallTimeout`.
+        start_timeout: seconds the container may take to start and answer.
+        env: variables set in the container (the host's environment is not passed in).
+        binds: more folders for the container, ``"src"`` or ``"src:dest[:ro]"``.
+        runtime: the container runtime; default :class:`remote.runtime.Apptainer`.
+
+    The container is one supervised ``apptainer exec`` process (see :mod:`remote.runtime`).
+    ``close()`` (or leaving the ``with`` block, or interpreter exit) stops it and removes its
+    sockets; if the host process is killed, the server sees its stdin close and exits.
+
+    Example::
+
+        with remote.RemoteRunner("gymnasium.sif") as runner:
+            env = runner.make("CartPole-v1")
+            obs, info = env.reset(seed=0)
+    """
+
+    def __init__(
+        self,
+        image: str | os.PathLike[str],
+        *,
+        transport: str = "unix",
+        python: str = "python3",
+        timeout: float = DEFAULT_TIMEOUT,
+        start_timeout: float = DEFAULT_START_TIMEOUT,
+        env: Mapping[str, str] | None = None,
+        binds: Sequence[str] = (),
+        runtime: Apptainer | None = None,
+    ) -> None:
+        if transport not in ("unix", "tcp"):
+            raise ValueError(f"transport must be 'unix' or 'tcp', not {transport!r}")
+        if not timeout > 0 or not start_timeout > 0:
+            raise ValueError("timeout and start_timeout must be positive numbers of seconds")
+        self.image = resolve_image(image)
+        self.transport = transport
+        self.timeout = float(timeout)
+        self._runtime = runtime or Apptainer()
+        self._clients: set[RemoteEnvironmentClient] = set()
+        self._lock = threading.RLock()
+        self._closed = False
+        self._proxy: Pyro5.api.Proxy | None = None
+        self._process: ServerProcess | None = None
+        self.run_dir = _make_run_dir()
+        self.info: dict[str, Any] = {}
+        try:
+            self._secret = secrets.token_hex(32)
+            _write_private(self.run_dir / "secret", self._secret)
+            _write_private(self.run_dir / "config.json", json.dumps({"transport": transport}))
+            payload = str(payload_dir())
+            argv = self._runtime.command(
+                self.image,
+                [python, "-c", BOOTSTRAP, payload, str(self.run_dir)],
+                binds=[
+                    (str(self.run_dir), str(self.run_dir), "rw"),
+                    (payload, payload, "ro"),
+                    *(_parse_bind(b) for b in binds),
+                ],
+                env={"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", **(env or {})},
+            )
+            self._log_path = Path(tempfile.mkstemp(prefix="remote-", suffix=".log")[1])
+            with _live_lock:
+                _live.add(self)
+            self._process = ServerProcess(
+                argv, self._log_path, on_exit=self._on_exit, remove_on_exit=self.run_dir
+            )
+            ready = self._wait_ready(start_timeout)
+            self._connect(ready)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- start -------------------------------------------------------------------------------
+
+    def _wait_ready(self, start_timeout: float) -> dict[str, Any]:
+        assert self._process is not None
+        ready_file = self.run_dir / "ready.json"
+        deadline = time.monotonic() + start_timeout
+        while not ready_file.exists():
+            if self._process.exited.wait(0.005):
+                raise ContainerStartError(
+                    f"the server in {self.image} exited during start-up with code "
+                    f"{self._process.returncode}; check that the image has Python 3.10+ with "
+                    "numpy and gymnasium (the container's output is below)",
+                    self._process.log_tail(),
+                )
+            if time.monotonic() > deadline:
+                raise ContainerStartError(
+                    f"the server in {self.image} did not start within {start_timeout:g} s "
+                    "(raise start_timeout= for slow file systems)",
+                    self._process.log_tail(),
+                )
+        return json.loads(ready_file.read_text())
+
+    def _address(self, ready: dict[str, Any], key: str) -> tuple[int, Any]:
+        if self.transport == "unix":
+            return socket.AF_UNIX, ready[key]
+        return socket.AF_INET, ("127.0.0.1", int(ready[key]))
+
+    def _connect(self, ready: dict[str, Any]) -> None:
+        self._ready = ready
+        if self.transport == "unix":
+            uri = f"PYRO:runner@./u:{ready['control']}"
+        else:
+            uri = f"PYRO:runner@127.0.0.1:{int(ready['control'])}"
+        proxy = Pyro5.api.Proxy(uri)
+        proxy._pyroSerializer = "msgpack"
+        proxy._pyroTimeout = self.timeout
+        proxy._pyroHandshake = {"protocol": wire.PROTOCOL_VERSION, "secret": self._secret}
+        self._proxy = proxy
+        self.info = self._control("info")  # the readiness probe: a real request, answered
+
+    # -- control calls (Pyro5) ---------------------------------------------------------------
+
+    def _control(self, method: str, *args: Any) -> Any:
+        with self._lock:
+            if self._closed or self._proxy is None:
+                raise RemoteError(f"the runner for {self.image} is closed")
+            self._proxy._pyroClaimOwnership()  # a proxy is tied to a thread; runners are not
+            try:
+                reply = getattr(self._proxy, method)(*args)
+            except Pyro5.errors.TimeoutError:
+                raise CallTimeout(
+                    f"{method} got no answer from {self.image} within {self.timeout:g} s"
+                ) from None
+            except Pyro5.errors.CommunicationError as exc:
+                raise self._refused_or_lost(exc, method) from None
+            except Pyro5.errors.PyroError as exc:
+                raise ProtocolError(f"{method}: {type(exc).__name__}: {exc}") from None
+        try:
+            status, payload = wire.loads(reply)
+        except (TypeError, ValueError):
+            raise ProtocolError(f"malformed reply to {method}") from None
+        if status == 0:
+            return payload
+        raise remote_exception(payload["type"], payload["message"], payload["traceback"])
+
+    def _refused_or_lost(self, exc: Exception, what: str) -> RemoteError:
+        text = str(exc)
+        if "protocol version mismatch" in text:
+            return VersionMismatch(f"{text}; use the same version of remote on both sides")
+        if "authentication failed" in text:
+            return AuthenticationError(text)
+        return self.connection_lost(exc, what)
+
+    def connection_lost(self, exc: BaseException, what: str) -> RemoteError:
+        """The error for a connection that broke during ``what``: ContainerDied if the
+        container has exited (waits briefly to find out), else ProtocolError."""
+        process = self._process
+        if process is not None and process.exited.wait(2.0):
+            code = process.returncode
+            how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+            return ContainerDied(
+                f"the container running {self.image} died ({how}) during {what}; its "
+                "environments are lost: start a new runner (remote.make / RemoteRunner)",
+                code,
+                self._log_tail,
+            )
+        return ProtocolError(f"lost the connection to the server during {what}: {exc}")
+
+    def _on_exit(self, returncode: int) -> None:
+        """Called by the watcher thread when the container exits, however it exits."""
+        self._log_tail = self._process.log_tail() if self._process else ""
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    _log_tail = ""
+
+    # -- environments ------------------------------------------------------------------------
+
+    def make(self, env_id: str, **kwargs: Any) -> RemoteEnvironmentClient:
+        """Create an environment in the container.
+
+        Args:
+            env_id: a gymnasium id registered in the image (``"CartPole-v1"``,
+                ``"pkg.module:Env-v0"``) or an entry point ``"pkg.module:EnvClass"``.
+            **kwargs: passed to the env's constructor (e.g. ``render_mode="rgb_array"``).
+
+        Raises:
+            EnvCreationError: the container could not create it (unknown id, bad kwargs).
+        """
+        return self._make(env_id, kwargs, owns_runner=False)
+
+    def _make(self, env_id: str, kwargs: dict[str, Any], owns_runner: bool) -> RemoteEnvironmentClient:
+        try:
+            encoded = wire.dumps(kwargs)
+        except TypeError as exc:
+            raise TypeError(f"env kwargs for {env_id!r} cannot be sent: {exc}") from None
+        try:
+            made = self._control("make", env_id, encoded)
+        except EnvCreationError as exc:
+            raise EnvCreationError(
+                f"{exc.remote_message}. Check the env id and kwargs, and that the image has "
+                "the package that registers the env (or pass 'module:Class')",
+                exc.remote_type,
+                exc.remote_traceback,
+            ) from None
+        stream = self._open_stream(made["handle"])
+        client = RemoteEnvironmentClient(
+            self, env_id, made["handle"], made["description"], stream, owns_runner=owns_runner
+        )
+        with self._lock:
+            self._clients.add(client)
+        return client
+
+    def _open_stream(self, handle: int) -> socket.socket:
+        family, address = self._address(self._ready, "stream")
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(address)
+            if family == socket.AF_INET:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            wire.send_frame(sock, {"protocol": wire.PROTOCOL_VERSION, "secret": self._secret, "env": handle})
+            status, payload = wire.recv_frame(sock)
+        except OSError as exc:
+            sock.close()
+            raise self.connection_lost(exc, "opening an env stream") from None
+        if status != 0:
+            sock.close()
+            raise remote_exception(
+                payload["type"], payload["message"], payload["traceback"], base=ProtocolError
+            )  # type: ignore[arg-type]
+        return sock
+
+    def forget(self, client: RemoteEnvironmentClient) -> None:
+        """Called by a client on close: free the env's slot in the container."""
+        with self._lock:
+            self._clients.discard(client)
+        if not self._closed and self._process is not None and not self._process.exited.is_set():
+            with contextlib.suppress(RemoteError):
+                self._control("close_env", client.handle)
+
+    # -- end ---------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the container and remove its sockets. Safe to call more than once."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            clients, self._clients = list(self._clients), set()
+            if self._proxy is not None:
+                self._proxy._pyroClaimOwnership()
+                self._proxy._pyroRelease()
+        for client in clients:
+            client._drop(f"{client.env_id}: its runner was closed")
+        if self._process is not None:
+            self._process.stop()
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        if hasattr(self, "_log_path"):
+            self._log_path.unlink(missing_ok=True)
+        with _live_lock:
+            _live.discard(self)
+
+    @property
+    def alive(self) -> bool:
+        """True while the container is running."""
+        return self._process is not None and not self._process.exited.is_set()
+
+    def __enter__(self) -> RemoteRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("running" if self.alive else "dead")
+        return f"<RemoteRunner {self.image} {self.transport} {state}>"
+
+
+def make(
+    env_id: str,
+    *,
+    image: str | os.PathLike[str],
+    transport: str = "unix",
+    timeout: float = DEFAULT_TIMEOUT,
+    **env_kwargs: Any,
+) -> RemoteEnvironmentClient:
+    """Start a container from ``image`` and create ``env_id`` in it: one line, one env.
+
+    Closing the env stops its container. ``env_kwargs`` go to the env's constructor.
+
+    Example::
+
+        env = remote.make("CartPole-v1", image="gymnasium.sif")
+    """
+    runner = RemoteRunner(image, transport=transport, timeout=timeout)
+    try:
+        return runner._make(env_id, env_kwargs, owns_runner=True)
+    except BaseException:
+        runner.close()
+        raise
+
+
+def _make_run_dir() -> Path:
+    """An owner-only folder for the sockets, short enough for unix socket paths."""
+    longest = "/control"
+    candidates = [os.environ.get("XDG_RUNTIME_DIR"), os.environ.get("TMPDIR"), "/tmp"]
+    for base in candidates:
+        if base and os.path.isdir(base) and len(base) + len("/rmt-XXXXXXXX") + len(longest) < MAX_SOCKET_PATH:
+            try:
+                return Path(tempfile.mkdtemp(prefix="rmt-", dir=base))
+            except OSError:
+                continue
+    raise RemoteError("no writable folder with a short enough path for unix sockets; set TMPDIR")
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def _parse_bind(spec: str) -> tuple[str, str, str]:
+    parts = spec.split(":")
+    if not 1 <= len(parts) <= 3 or parts[-1] == "":
+        raise ValueError(f"bind {spec!r}: expected 'src', 'src:dest' or 'src:dest:ro|rw'")
+    src = os.path.abspath(parts[0])
+    dest = parts[1] if len(parts) > 1 else src
+    mode = parts[2] if len(parts) > 2 else "rw"
+    if mode not in ("ro", "rw"):
+        raise ValueError(f"bind {spec!r}: mode must be 'ro' or 'rw'")
+    return src, dest, mode
+
+
+@atexit.register
+def _close_all() -> None:
+    """At interpreter exit, stop every container this process started."""
+    with _live_lock:
+        runners = list(_live)
+    for runner in runners:
+        runner.close()

@@ -1,0 +1,75 @@
+"""Small environments used by the tests; imported inside the container as "testenvs:Name"."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+
+class DictTupleEnv(gym.Env):
+    """Nested Dict/Tuple observations, a Tuple action space, rgb_array rendering."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+
+    def __init__(self, render_mode: str | None = None, size: int = 3) -> None:
+        self.render_mode = render_mode
+        self.size = size
+        self.observation_space = spaces.Dict(
+            {
+                "pos": spaces.Box(-1.0, 1.0, (size,), np.float32),
+                "flags": spaces.MultiBinary(4),
+                "pair": spaces.Tuple((spaces.Discrete(5), spaces.Box(0.0, 1.0, (2,), np.float64))),
+                "grid": spaces.MultiDiscrete([3, 4]),
+            }
+        )
+        self.action_space = spaces.Tuple((spaces.Discrete(3), spaces.Box(-1.0, 1.0, (2,), np.float32)))
+        self.t = 0
+
+    def _obs(self) -> dict[str, Any]:
+        rng = self.np_random
+        return {
+            "pos": rng.uniform(-1, 1, self.size).astype(np.float32),
+            "flags": rng.integers(0, 2, 4).astype(np.int8),
+            "pair": (int(rng.integers(0, 5)), rng.uniform(0, 1, 2)),
+            "grid": np.array([rng.integers(0, 3), rng.integers(0, 4)], dtype=np.int64),
+        }
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs(), {"options": options}
+
+    def step(self, action):
+        self.t += 1
+        reward = float(action[0]) + float(np.sum(action[1]))
+        return self._obs(), reward, self.t >= 20, False, {"t": self.t}
+
+    def render(self):
+        frame = np.zeros((16, 24, 3), dtype=np.uint8)
+        frame[:, : self.t % 24] = 255
+        return frame
+
+
+class FaultyEnv(gym.Env):
+    """Raises ValueError on action 2, KeyError on action 3, and keeps working after."""
+
+    def __init__(self) -> None:
+        self.observation_space = spaces.Box(0.0, 100.0, (1,), np.float32)
+        self.action_space = spaces.Discrete(4)
+        self.count = 0
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        self.count = 0
+        return np.array([0.0], dtype=np.float32), {}
+
+    def step(self, action):
+        if action == 2:
+            raise ValueError("boom: action 2 is cursed")
+        if action == 3:
+            raise KeyError("missing")
+        self.count += 1
+        return np.array([self.count], dtype=np.float32), 1.0, False, False, {}

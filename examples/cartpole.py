@@ -46,8 +46,10 @@ def main() -> None:
     env = remote.make("CartPole-v1", image=args.image)
     ready = time.perf_counter() - started
     info = env.runner.info
-    print(f"container ready in {ready:.2f} s: python {info['python']}, "
-          f"gymnasium {info['gymnasium']}, numpy {info['numpy']} (inside {args.image})")
+    print(
+        f"container ready in {ready:.2f} s: python {info['python']}, "
+        f"gymnasium {info['gymnasium']}, numpy {info['numpy']} (inside {args.image})"
+    )
     try:
         far = run(env, args.episodes, args.seed)
     finally:
@@ -56,8 +58,10 @@ def main() -> None:
 
     print(f"{'':10} {'steps':>7} {'steps/s':>10} {'µs/step':>9}  mean return")
     for name, (steps, seconds, returns) in (("container", far), ("local", near)):
-        print(f"{name:10} {steps:7d} {steps / seconds:10.0f} {seconds / steps * 1e6:9.1f}  "
-              f"{sum(returns) / len(returns):.1f}")
+        print(
+            f"{name:10} {steps:7d} {steps / seconds:10.0f} {seconds / steps * 1e6:9.1f}  "
+            f"{sum(returns) / len(returns):.1f}"
+        )
     same = far[2] == near[2]
     print(f"same returns for the same seeds: {'yes' if same else 'NO'}")
     if not same:

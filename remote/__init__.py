@@ -24,12 +24,14 @@ from .errors import (
     RuntimeNotAvailable,
     VersionMismatch,
 )
+from .registration import register, register_known
 from .runner import RemoteRunner, make
 from .server import RemoteEnvironmentServer, RemoteRunnerServer
 
 __all__ = [
     "__version__",
     "make",
+    "register",
     "RemoteRunner",
     "RemoteEnvironmentClient",
     "RemoteRunnerServer",
@@ -49,3 +51,5 @@ __all__ = [
     "InvalidAction",
     "ResourceUnavailable",
 ]
+
+register_known()

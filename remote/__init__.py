@@ -24,6 +24,7 @@ from .errors import (
     RuntimeNotAvailable,
     VersionMismatch,
 )
+from .pool import Pool, PooledEnv
 from .registration import register, register_known
 from .runner import RemoteRunner, make
 from .server import RemoteEnvironmentServer, RemoteRunnerServer
@@ -33,6 +34,8 @@ __all__ = [
     "make",
     "register",
     "RemoteRunner",
+    "Pool",
+    "PooledEnv",
     "RemoteEnvironmentClient",
     "RemoteRunnerServer",
     "RemoteEnvironmentServer",

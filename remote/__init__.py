@@ -7,6 +7,7 @@ obs, info = env.reset(seed=0)
 
 __version__ = "0.1.0"
 
+from .check import CheckResult, check_image
 from .client import RemoteEnvironmentClient
 from .errors import (
     AuthenticationError,
@@ -32,6 +33,8 @@ from .server import RemoteEnvironmentServer, RemoteRunnerServer
 __all__ = [
     "__version__",
     "make",
+    "check_image",
+    "CheckResult",
     "register",
     "RemoteRunner",
     "Pool",

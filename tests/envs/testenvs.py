@@ -73,3 +73,19 @@ class FaultyEnv(gym.Env):
             raise KeyError("missing")
         self.count += 1
         return np.array([self.count], dtype=np.float32), 1.0, False, False, {}
+
+
+class SeedIgnoringEnv(gym.Env):
+    """Broken on purpose: reset ignores its seed (draws from an unseeded generator)."""
+
+    def __init__(self) -> None:
+        self.observation_space = spaces.Box(0.0, 1.0, (2,), np.float64)
+        self.action_space = spaces.Discrete(2)
+        self._rng = np.random.default_rng()
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        return self._rng.uniform(0, 1, 2), {}
+
+    def step(self, action):
+        return self._rng.uniform(0, 1, 2), 0.0, False, False, {}

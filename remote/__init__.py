@@ -3,27 +3,37 @@
 import remote
 env = remote.make("CartPole-v1", image="gymnasium.sif")   # a real gymnasium.Env
 obs, info = env.reset(seed=0)
+
+Images come from a path, an https URL (sha256-verified), a registry or a recipe, through a
+per-user cache (``remote.images``); ``remote.experiments`` pins an experiment to one image.
 """
 
 __version__ = "0.1.0"
 
+from . import experiments, images
 from .client import RemoteEnvironmentClient
 from .errors import (
     AuthenticationError,
+    CacheError,
     CallTimeout,
     ChecksumMismatch,
     ContainerDied,
     ContainerStartError,
+    DownloadError,
     EnvCreationError,
+    ImageBuildError,
     ImageNotFound,
+    ImagePullError,
     InvalidAction,
     ProtocolError,
     RemoteEnvError,
     RemoteError,
     ResourceUnavailable,
     RuntimeNotAvailable,
+    UnknownExperiment,
     VersionMismatch,
 )
+from .image import Image, resolve_image
 from .runner import RemoteRunner, make
 from .server import RemoteEnvironmentServer, RemoteRunnerServer
 
@@ -31,12 +41,21 @@ __all__ = [
     "__version__",
     "make",
     "RemoteRunner",
+    "resolve_image",
+    "Image",
+    "images",
+    "experiments",
     "RemoteEnvironmentClient",
     "RemoteRunnerServer",
     "RemoteEnvironmentServer",
     "RemoteError",
     "ImageNotFound",
     "ChecksumMismatch",
+    "DownloadError",
+    "ImageBuildError",
+    "ImagePullError",
+    "CacheError",
+    "UnknownExperiment",
     "RuntimeNotAvailable",
     "ContainerStartError",
     "ContainerDied",

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from .cache import UNWRITABLE, cache_error
 from .errors import ChecksumMismatch, DownloadError, ImageNotFound
 
-CHUNK = 1 << 20
+CHUNK = 1 << 16  # small: a broken read loses at most this much
 #: Seconds to wait for a connection and between two reads.
 TIMEOUTS = (15.0, 60.0)
 

@@ -102,8 +102,9 @@ def pin(
         raise ValueError(f"{image}: a sandbox folder has no sha256 to pin; build a .sif file from it")
     file = lock_file(path)
     source = os.fspath(image)
-    if _is_path(source):
-        source = os.path.relpath(Path(source).absolute(), file.parent)
+    if _is_path(source):  # relative when it sits beside the lock file, else absolute
+        absolute = Path(source).expanduser().absolute()
+        source = str(absolute.relative_to(file.parent) if absolute.is_relative_to(file.parent) else absolute)
     experiment = Experiment(experiment_id, source, resolved.sha256, wire.PROTOCOL_VERSION)
     experiments = _read(file)
     experiments[experiment_id] = {k: v for k, v in asdict(experiment).items() if k != "id"}

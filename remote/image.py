@@ -132,7 +132,8 @@ def _resolve_pull(text: str, expected: str | None) -> Image:
 
 def _resolve_recipe(recipe: Path, expected: str | None, build_args: dict[str, str]) -> Image:
     recipe = recipe.resolve()
-    argv = [Apptainer().executable, "build", "--force"]
+    # lz4: builds several times faster than the default gzip and starts faster; files are larger
+    argv = [Apptainer().executable, "build", "--force", "--mksquashfs-args", "-comp lz4"]
     if os.geteuid() != 0:
         argv.append("--fakeroot")
     for key, value in sorted(build_args.items()):

@@ -25,7 +25,7 @@ def main(images: list[str], steps: int = 100) -> None:
                 returns[i] += float(reward)
                 if terminated or truncated:
                     env.reset()
-        for runner, total in zip(runners, returns):
+        for runner, total in zip(runners, returns, strict=True):
             info = runner.info
             print(
                 f"{runner.image}: numpy {info['numpy']}, gymnasium {info['gymnasium']}, "

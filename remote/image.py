@@ -22,6 +22,7 @@ image with another digest raises :class:`~remote.ChecksumMismatch`.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
@@ -118,7 +119,7 @@ def _resolve_url(text: str, expected: str | None) -> Image:
         with cache.image_lock(expected):
             if not path.is_file():  # nobody stored it while we waited
                 cache.publish(download(url, expected, cache.staging_dir()), path)
-    cache.record(url, Path(url).name, expected)
+    _note_use(url, Path(url).name, expected)
     return Image(str(path), expected, text)
 
 
@@ -167,8 +168,15 @@ def _produce(source: str, name: str, expected: str | None, make: Callable[[Path]
                 entry = cache.record(source, name, digest)  # under the lock: the waiters find it
                 return Image(entry.path, digest, source)
     _check(source, entry.sha256, expected)
-    cache.record(source, name, entry.sha256)
+    _note_use(source, name, entry.sha256)
     return Image(entry.path, entry.sha256, source)
+
+
+def _note_use(source: str, name: str, sha256: str) -> None:
+    """Index the image and its last use; a cache that has the image but cannot be written
+    (a read-only shared cache) still serves it."""
+    with contextlib.suppress(CacheError):
+        cache.record(source, name, sha256)
 
 
 def _run(argv: list[str], error: type[ImageBuildError], what: str, env: dict[str, str] | None = None) -> None:

@@ -1,5 +1,7 @@
 """The images in the cache: list them, remove some, prune old or excess ones.
 
+Example::
+
     import remote
     for image in remote.images.list():
         print(image.name, image.sha256[:12], image.size, image.source)

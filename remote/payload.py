@@ -22,7 +22,7 @@ import serpent
 
 import remote
 
-from .cache import cache_dir, fingerprint
+from .cache import cache_dir, cache_error, fingerprint
 
 #: Run by the image's Python: ``python3 -c BOOTSTRAP <payload dir> <run dir>``.
 BOOTSTRAP = (
@@ -52,6 +52,14 @@ def payload_dir() -> Path:
     target = root / fingerprint(sources)
     if target.is_dir():
         return target
+    try:
+        _copy(sources, root, target)
+    except OSError as exc:  # a full or read-only cache
+        raise cache_error(exc, root) from None
+    return target
+
+
+def _copy(sources: dict[str, Path], root: Path, target: Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
     try:
@@ -70,4 +78,3 @@ def payload_dir() -> Path:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return target

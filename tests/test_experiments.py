@@ -83,11 +83,17 @@ def test_side_by_side_example_reports_each_images_versions(image, legacy_image):
     """Acceptance 3: numpy 2.x + gymnasium 1.x and numpy 1.26 + gymnasium 0.29 in one host process."""
     out = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "side_by_side.py"), image, legacy_image],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert len(lines) == 2
     assert lines[0].startswith(f"{os.path.realpath(image)}: numpy 2.") and ", gymnasium 1." in lines[0]
-    assert lines[1].startswith(f"{os.path.realpath(legacy_image)}: numpy 1.26.") and ", gymnasium 0.29.1," in lines[1]
+    assert (
+        lines[1].startswith(f"{os.path.realpath(legacy_image)}: numpy 1.26.")
+        and ", gymnasium 0.29.1," in lines[1]
+    )
     assert all("100 steps" in line for line in lines)

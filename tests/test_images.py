@@ -66,8 +66,11 @@ def test_sixteen_processes_download_once(tmp_path, cache_root, server):
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", RESOLVE, server.url("/bench.sif"), sha(data), str(go)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        )  # fmt: skip
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         for _ in range(16)
     ]
     time.sleep(1.5)  # let them import
@@ -260,8 +263,10 @@ def test_build_from_a_recipe_and_run_it(minimal_image, tmp_path, cache_root, mon
         assert runner.image_sha256 == cache.sha256_file(Path(runner.image))
     out = subprocess.run(
         ["apptainer", "exec", runner.image, "cat", "/opt/built.txt", "/opt/note.txt"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout == "built\ncopied by %files\n"
     (entry,) = remote.images.list()
     assert entry.name == "tiny" and entry.source.startswith(f"build:{recipe}#")
@@ -357,3 +362,10 @@ def read_from_sif(apptainer: str, image: str, name: str, tmp_path: Path) -> byte
     with open(squashfs, "wb") as out:
         subprocess.run([apptainer, "sif", "dump", "4", image], stdout=out, check=True)
     return subprocess.run(["unsquashfs", "-cat", str(squashfs), name], capture_output=True, check=True).stdout
+
+
+def test_runner_on_a_read_only_cache_is_a_clear_error(mount_tmpfs, monkeypatch, image):
+    point = mount_tmpfs("ro-runner", "ro,size=1m")
+    monkeypatch.setenv("REMOTE_CACHE", str(point / "remote"))
+    with pytest.raises(remote.CacheError, match="REMOTE_CACHE"):
+        remote.RemoteRunner(image)

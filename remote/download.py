@@ -134,7 +134,7 @@ def _fetch(requests: Any, url: str, out: IO[bytes], retries: int) -> str:
                         progress.show(out.tell(), total)
                 if total is None or out.tell() == total:
                     if progress is not None:
-                        progress.done()
+                        progress.finish(out.tell(), total)
                     return digest.hexdigest()
                 last_error = f"the transfer stopped at {out.tell()} of {total} bytes"
         except requests.exceptions.SSLError as exc:
@@ -173,9 +173,9 @@ class _Progress:
         self.name = Path(urlsplit(url).path).name or url
         self.last = 0.0
 
-    def show(self, done: int, total: int | None) -> None:
+    def show(self, done: int, total: int | None, force: bool = False) -> None:
         now = time.monotonic()
-        if now - self.last < 0.1:
+        if now - self.last < 0.1 and not force:
             return
         self.last = now
         mb = done / 1e6
@@ -183,6 +183,7 @@ class _Progress:
         sys.stderr.write(f"\rremote: downloading {self.name}  {text}  ")
         sys.stderr.flush()
 
-    def done(self) -> None:
+    def finish(self, done: int, total: int | None) -> None:
+        self.show(done, total, force=True)
         sys.stderr.write("\n")
         sys.stderr.flush()

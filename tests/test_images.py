@@ -3,8 +3,10 @@ recipe builds, remote.images, and a cache that cannot be written."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import pty
 import subprocess
 import sys
 import time
@@ -155,6 +157,34 @@ def test_untrusted_certificate_is_refused(cache_root, server, monkeypatch):
     with pytest.raises(remote.DownloadError, match="REMOTE_CA_BUNDLE"):
         remote.resolve_image(server.url("/a.sif"), sha256=sha(b"a"))
     assert stored(cache_root) == []
+
+
+def test_progress_is_drawn_on_a_terminal_only(tmp_path, cache_root, server):
+    data = os.urandom(1 << 20)
+    server.files["/p.sif"] = data
+    code = "import sys, remote; remote.resolve_image(sys.argv[1], sha256=sys.argv[2])"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def stderr_of(url: str, terminal: bool) -> str:
+        if not terminal:
+            done = subprocess.run([sys.executable, "-c", code, url, sha(data)], capture_output=True, env=env)
+            assert done.returncode == 0, done.stderr
+            return done.stderr.decode()
+        primary, secondary = pty.openpty()
+        proc = subprocess.Popen([sys.executable, "-c", code, url, sha(data)], stderr=secondary, env=env)
+        os.close(secondary)
+        output = b""
+        with contextlib.suppress(OSError):  # EIO once the child has closed the terminal
+            while chunk := os.read(primary, 4096):
+                output += chunk
+        os.close(primary)
+        assert proc.wait() == 0, output
+        return output.decode(errors="replace")
+
+    assert stderr_of(server.url("/p.sif"), terminal=False) == ""
+    remote.images.remove("p.sif")
+    shown = stderr_of(server.url("/p.sif"), terminal=True)
+    assert "remote: downloading p.sif" in shown and "100%" in shown
 
 
 # -- remote.images ----------------------------------------------------------------------------------

@@ -3,28 +3,38 @@
 import remote
 env = remote.make("CartPole-v1", image="gymnasium.sif")   # a real gymnasium.Env
 obs, info = env.reset(seed=0)
+
+Images come from a path, an https URL (sha256-verified), a registry or a recipe, through a
+per-user cache (``remote.images``); ``remote.experiments`` pins an experiment to one image.
 """
 
 __version__ = "0.1.0"
 
+from . import experiments, images
 from .check import CheckResult, check_image
 from .client import RemoteEnvironmentClient
 from .errors import (
     AuthenticationError,
+    CacheError,
     CallTimeout,
     ChecksumMismatch,
     ContainerDied,
     ContainerStartError,
+    DownloadError,
     EnvCreationError,
+    ImageBuildError,
     ImageNotFound,
+    ImagePullError,
     InvalidAction,
     ProtocolError,
     RemoteEnvError,
     RemoteError,
     ResourceUnavailable,
     RuntimeNotAvailable,
+    UnknownExperiment,
     VersionMismatch,
 )
+from .image import Image, resolve_image
 from .pool import Pool, PooledEnv
 from .registration import register, register_known
 from .runner import RemoteRunner, make
@@ -39,12 +49,21 @@ __all__ = [
     "RemoteRunner",
     "Pool",
     "PooledEnv",
+    "resolve_image",
+    "Image",
+    "images",
+    "experiments",
     "RemoteEnvironmentClient",
     "RemoteRunnerServer",
     "RemoteEnvironmentServer",
     "RemoteError",
     "ImageNotFound",
     "ChecksumMismatch",
+    "DownloadError",
+    "ImageBuildError",
+    "ImagePullError",
+    "CacheError",
+    "UnknownExperiment",
     "RuntimeNotAvailable",
     "ContainerStartError",
     "ContainerDied",

@@ -22,6 +22,11 @@ __all__ = [
     "RemoteError",
     "ImageNotFound",
     "ChecksumMismatch",
+    "DownloadError",
+    "ImageBuildError",
+    "ImagePullError",
+    "CacheError",
+    "UnknownExperiment",
     "RuntimeNotAvailable",
     "ContainerStartError",
     "ContainerDied",
@@ -46,6 +51,33 @@ class ImageNotFound(RemoteError):
 
 class ChecksumMismatch(RemoteError):
     """A downloaded or pinned image does not have the expected sha256."""
+
+
+class DownloadError(RemoteError):
+    """An image download failed (network, HTTP error, transfer cut short) after its retries."""
+
+
+class ImageBuildError(RemoteError):
+    """``apptainer build`` of a recipe failed. ``log_tail`` holds the end of its output."""
+
+    def __init__(self, message: str, log_tail: str = "") -> None:
+        super().__init__(message + (f"\n--- last build output ---\n{log_tail}" if log_tail else ""))
+        self.log_tail = log_tail
+
+
+class ImagePullError(ImageBuildError):
+    """``apptainer pull`` of an ``oras://``, ``library://``, ``docker://`` or archive source failed."""
+
+
+class CacheError(RemoteError):
+    """The image cache cannot be written (read-only, full, over quota) or locked."""
+
+
+class UnknownExperiment(RemoteError, KeyError):
+    """The experiment id is not in the experiments lock file."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class RuntimeNotAvailable(RemoteError):

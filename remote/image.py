@@ -1,29 +1,285 @@
-"""Container images: where an image argument points, checked before anything starts."""
+"""Where an image comes from: one function, :func:`resolve_image`, for every kind of source.
+
+=====================================  =============================================================
+source                                 what happens
+=====================================  =============================================================
+``path/to/image.sif``, a sandbox dir   used in place (its sha256 is computed once and remembered)
+``https://host/x.sif#sha256=<hex>``    downloaded once into the cache and verified; the sha256
+                                       comes from ``sha256=``, the ``#sha256=`` fragment, or a
+                                       published ``<url>.sha256`` file
+``docker://``, ``oras://``,            ``apptainer pull`` once into the cache
+``library://``, ``docker-archive:``,
+``oci-archive:``
+``path/to/recipe.def``                 ``apptainer build`` once into the cache (``--fakeroot`` when
+                                       not root); rebuilt when the recipe, its ``build_args`` or
+                                       the files its ``%files`` section copies change
+=====================================  =============================================================
+
+Every cached image is stored by its sha256 (see :mod:`remote.cache`); concurrent processes
+resolving the same source fetch or build it once. ``sha256=`` pins any source: a resolved
+image with another digest raises :class:`~remote.ChecksumMismatch`.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import glob
+import hashlib
+import json
 import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ImageNotFound
+from . import cache
+from .download import download, normalize_sha256, published_sha256, split_checksum
+from .errors import CacheError, ChecksumMismatch, ImageBuildError, ImageNotFound, ImagePullError
+from .runtime import Apptainer
+
+#: Sources that ``apptainer pull`` understands.
+PULL_PREFIXES = ("docker://", "oras://", "library://", "docker-archive:", "oci-archive:")
 
 
-def resolve_image(image: str | os.PathLike[str]) -> str:
-    """Return the absolute path of a local image (a ``.sif`` file or a sandbox folder).
+@dataclass(frozen=True)
+class Image:
+    """A resolved image: a local file (or sandbox folder) ready for ``apptainer exec``."""
+
+    path: str  #: absolute path of the ``.sif`` file or sandbox folder
+    sha256: str | None  #: sha256 of the file; None for a sandbox folder
+    source: str  #: what was asked for
+
+
+def resolve_image(
+    source: str | os.PathLike[str],
+    *,
+    sha256: str | None = None,
+    build_args: Mapping[str, str] | None = None,
+) -> Image:
+    """Turn an image source into a local image, fetching or building it into the cache if needed.
+
+    Args:
+        source: a local path, an ``https://`` URL, a ``docker://``/``oras://``/``library://``/
+            ``docker-archive:``/``oci-archive:`` reference, or a ``.def`` recipe path.
+        sha256: the expected sha256 of the image file (required for ``https://`` unless the URL
+            carries ``#sha256=`` or the server publishes ``<url>.sha256``).
+        build_args: ``--build-arg`` values for a recipe (``{"BASE": "base.sif"}``).
 
     Raises:
-        ImageNotFound: nothing is at that path.
+        ImageNotFound: no file, recipe or remote image at ``source``.
+        ChecksumMismatch: the image's sha256 is not ``sha256``.
+        DownloadError, ImagePullError, ImageBuildError: fetching or building failed.
+        CacheError: the cache is read-only, full, or cannot be locked.
     """
-    text = os.fspath(image)
-    if "://" in text:
-        raise ImageNotFound(
-            f"image {text!r}: only local image paths are supported so far; pull it first "
-            f"(apptainer pull image.sif {text}) and pass the .sif path"
-        )
+    text = os.fspath(source)
+    expected = normalize_sha256(sha256) if sha256 else None
+    if text.startswith(("https://", "http://")):
+        return _resolve_url(text, expected)
+    if text.startswith(PULL_PREFIXES):
+        return _resolve_pull(text, expected)
     path = Path(text).expanduser()
     if not path.exists():
         raise ImageNotFound(
-            f"no image at {str(path.absolute())!r}; build one (see recipes/ and "
-            "scripts/build-image.sh) or pass the path of an existing .sif file"
+            f"no image at {str(path.absolute())!r}; build one (see recipes/ and docs/images.md), "
+            "or pass an existing .sif file, an https:// URL with its sha256, or a docker:// reference"
         )
-    return str(path.resolve())
+    if path.suffix == ".def" and path.is_file():
+        return _resolve_recipe(path, expected, dict(build_args or {}))
+    path = path.resolve()
+    digest = None if path.is_dir() else cache.file_digest(path)
+    _check(text, digest, expected)
+    return Image(str(path), digest, text)
+
+
+def _check(source: str, digest: str | None, expected: str | None) -> None:
+    if expected is not None and digest != expected:
+        raise ChecksumMismatch(
+            f"image {source} has sha256 {digest}, but {expected} was pinned: it is not the image "
+            "the experiment was run with. Find the pinned image, or re-pin deliberately"
+        )
+
+
+def _resolve_url(text: str, expected: str | None) -> Image:
+    url, in_fragment = split_checksum(text)
+    if expected and in_fragment and expected != in_fragment:
+        raise ValueError(f"sha256={expected} disagrees with the URL's #sha256={in_fragment}")
+    expected = expected or in_fragment
+    if expected is None:
+        if url.startswith("http://"):
+            raise ValueError(
+                f"{url}: a plain http:// download needs its sha256 (sha256=... or #sha256=...); "
+                "a checksum fetched over http would prove nothing"
+            )
+        expected = published_sha256(url)
+    path = cache.image_path(expected)
+    if not path.is_file():
+        with cache.image_lock(expected):
+            if not path.is_file():  # nobody stored it while we waited
+                cache.publish(download(url, expected, cache.staging_dir()), path)
+    _note_use(url, Path(url).name, expected)
+    return Image(str(path), expected, text)
+
+
+def _resolve_pull(text: str, expected: str | None) -> Image:
+    name = re.sub(r"^[a-z-]+:(//)?", "", text).rstrip("/").rpartition("/")[2]
+    argv = [Apptainer().executable, "pull", "--force"]
+    return _produce(
+        text, name, expected, lambda out: _run([*argv, str(out), text], ImagePullError, f"pulling {text}")
+    )
+
+
+def _resolve_recipe(recipe: Path, expected: str | None, build_args: dict[str, str]) -> Image:
+    recipe = recipe.resolve()
+    # lz4: builds several times faster than the default gzip and starts faster; files are larger
+    argv = [Apptainer().executable, "build", "--force", "--mksquashfs-args", "-comp lz4"]
+    if os.geteuid() != 0:
+        argv.append("--fakeroot")
+    for key, value in sorted(build_args.items()):
+        argv += ["--build-arg", f"{key}={value}"]
+    key = _recipe_key(recipe, build_args)
+    return _produce(
+        f"build:{recipe}#{key}",
+        recipe.stem,
+        expected,
+        lambda out: _run([*argv, str(out), str(recipe)], ImageBuildError, f"building {recipe}", _build_env()),
+    )
+
+
+def _produce(source: str, name: str, expected: str | None, make: Callable[[Path], None]) -> Image:
+    """The cached image for ``source``, made once by ``make(output_path)`` under its lock."""
+    entry = cache.lookup(source)
+    if entry is None:
+        with cache.image_lock(source):
+            entry = cache.lookup(source)
+            if entry is None:
+                fd, tmp_name = tempfile.mkstemp(prefix=".make-", suffix=".sif", dir=cache.staging_dir())
+                os.close(fd)
+                tmp = Path(tmp_name)
+                try:
+                    make(tmp)
+                    digest = cache.sha256_file(tmp)
+                    _check(source, digest, expected)
+                    cache.publish(tmp, cache.image_path(digest))
+                finally:
+                    tmp.unlink(missing_ok=True)
+                entry = cache.record(source, name, digest)  # under the lock: the waiters find it
+                return Image(entry.path, digest, source)
+    _check(source, entry.sha256, expected)
+    _note_use(source, name, entry.sha256)
+    return Image(entry.path, entry.sha256, source)
+
+
+def _note_use(source: str, name: str, sha256: str) -> None:
+    """Index the image and its last use; a cache that has the image but cannot be written
+    (a read-only shared cache) still serves it."""
+    with contextlib.suppress(CacheError):
+        cache.record(source, name, sha256)
+
+
+def _run(argv: list[str], error: type[ImageBuildError], what: str, env: dict[str, str] | None = None) -> None:
+    if sys.stderr.isatty():
+        sys.stderr.write(f"remote: {what} (this can take minutes)\n")
+    done = subprocess.run(argv, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        output = (done.stdout + done.stderr).strip()
+        tail = "\n".join(output.splitlines()[-25:])
+        if "no space left on device" in output.lower():
+            raise CacheError(
+                f"{what}: no space left on device (the cache is at {cache.cache_dir()}, apptainer "
+                "also uses APPTAINER_TMPDIR); free space or set REMOTE_CACHE to a folder with room"
+            )
+        raise error(f"{what} failed (apptainer exit code {done.returncode})", tail)
+
+
+def _recipe_key(recipe: Path, build_args: dict[str, str]) -> str:
+    """What a build depends on: the recipe text, the build args and the files ``%files`` copies
+    (by name, size and mtime; paths are relative to the current directory, as for apptainer)."""
+    text = recipe.read_text()
+    sources: dict[str, Path] = {}
+    for line in _section(text, "files"):
+        pattern = line.split()[0]
+        for match in sorted(glob.glob(pattern)):
+            sources[match] = Path(match)
+    digest = hashlib.sha256(json.dumps([text, sorted(build_args.items())]).encode())
+    digest.update(cache.fingerprint(sources).encode())
+    return digest.hexdigest()[:16]
+
+
+def _section(text: str, name: str) -> list[str]:
+    """The non-comment lines of the recipe's ``%name`` sections (not ``%files from <stage>``)."""
+    lines, inside = [], False
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("%"):
+            inside = line.split() == [f"%{name}"]
+        elif inside and line and not line.startswith("#"):
+            lines.append(line)
+    return lines
+
+
+#: Linux capability names by number, for APPTAINER_DROP_CAPS.
+_CAPABILITIES = (
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+)
+
+
+def _build_env() -> dict[str, str]:
+    """The environment for ``apptainer build``. As root, ``APPTAINER_DROP_CAPS`` names the
+    capabilities missing from this process's bounding set: apptainer asks for all of them for
+    ``%post`` and fails where root lacks some (containers, some VMs)."""
+    env = dict(os.environ)
+    if os.geteuid() != 0 or env.get("APPTAINER_DROP_CAPS"):
+        return env
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return env
+    found = re.search(r"^CapBnd:\s*([0-9a-f]+)$", status, re.MULTILINE)
+    bounding = int(found.group(1), 16) if found else -1
+    missing = [f"CAP_{n}" for i, n in enumerate(_CAPABILITIES) if not bounding >> i & 1]
+    if missing:
+        env["APPTAINER_DROP_CAPS"] = ",".join(missing)
+    return env

@@ -11,7 +11,6 @@ same protocol version); the dependencies go last, so an image's own versions win
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -23,7 +22,7 @@ import serpent
 
 import remote
 
-from .cache import cache_dir
+from .cache import cache_dir, cache_error, fingerprint
 
 #: Run by the image's Python: ``python3 -c BOOTSTRAP <payload dir> <run dir>``.
 BOOTSTRAP = (
@@ -42,24 +41,6 @@ def _sources() -> dict[str, Path]:
     }
 
 
-def _files(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path]
-    return sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
-
-
-def _fingerprint(sources: dict[str, Path]) -> str:
-    digest = hashlib.sha256()
-    for name, src in sorted(sources.items()):
-        for f in _files(src):
-            st = f.stat()
-            digest.update(
-                f"{name}/{f.relative_to(src) if src.is_dir() else ''}:"
-                f"{st.st_size}:{st.st_mtime_ns}\n".encode()
-            )
-    return digest.hexdigest()[:16]
-
-
 def payload_dir() -> Path:
     """The payload folder for the code installed on this host, built once and shared.
 
@@ -68,9 +49,17 @@ def payload_dir() -> Path:
     """
     sources = _sources()
     root = cache_dir() / "payload"
-    target = root / _fingerprint(sources)
+    target = root / fingerprint(sources)
     if target.is_dir():
         return target
+    try:
+        _copy(sources, root, target)
+    except OSError as exc:  # a full or read-only cache
+        raise cache_error(exc, root) from None
+    return target
+
+
+def _copy(sources: dict[str, Path], root: Path, target: Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
     try:
@@ -89,4 +78,3 @@ def payload_dir() -> Path:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return target

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -32,6 +33,7 @@ from .errors import (
     VersionMismatch,
     remote_exception,
 )
+from .experiments import resolve as resolve_experiment
 from .image import resolve_image
 from .payload import BOOTSTRAP, payload_dir
 from .runtime import Apptainer, ServerProcess
@@ -43,6 +45,8 @@ DEFAULT_START_TIMEOUT = float(os.environ.get("REMOTE_START_TIMEOUT", "120"))
 #: Longest unix socket path accepted (the kernel's limit is 107 bytes).
 MAX_SOCKET_PATH = 100
 
+log = logging.getLogger("remote")
+
 _live: set[RemoteRunner] = set()
 _live_lock = threading.Lock()
 
@@ -51,8 +55,15 @@ class RemoteRunner:
     """A container running the remote server, and the environments created in it.
 
     Args:
-        image: path of an Apptainer image (``.sif`` file or sandbox folder) that has Python,
-            numpy and gymnasium; what the server needs beyond that is brought in at start.
+        image: an Apptainer image with Python, numpy and gymnasium (what the server needs
+            beyond that is brought in at start): a ``.sif`` path or sandbox folder, an
+            ``https://`` URL with its sha256, a ``docker://``/``oras://``/``library://``
+            reference, or a ``.def`` recipe; see :func:`remote.image.resolve_image`.
+        experiment: instead of ``image``, an experiment id pinned in the experiments lock
+            file (see :mod:`remote.experiments`); its image must have the pinned sha256.
+        experiments: the lock file for ``experiment`` (default ``$REMOTE_EXPERIMENTS`` or
+            ``./remote-experiments.json``).
+        sha256: the expected sha256 of ``image``.
         transport: ``"unix"`` (default): unix sockets in an owner-only folder; ``"tcp"``:
             ports on 127.0.0.1, allocated by the server. Both require the session secret.
         python: the Python executable inside the image.
@@ -75,8 +86,11 @@ class RemoteRunner:
 
     def __init__(
         self,
-        image: str | os.PathLike[str],
+        image: str | os.PathLike[str] | None = None,
         *,
+        experiment: str | None = None,
+        experiments: str | os.PathLike[str] | None = None,
+        sha256: str | None = None,
         transport: str = "unix",
         python: str = "python3",
         timeout: float = DEFAULT_TIMEOUT,
@@ -89,7 +103,15 @@ class RemoteRunner:
             raise ValueError(f"transport must be 'unix' or 'tcp', not {transport!r}")
         if not timeout > 0 or not start_timeout > 0:
             raise ValueError("timeout and start_timeout must be positive numbers of seconds")
-        self.image = resolve_image(image)
+        if (image is None) == (experiment is None):
+            raise ValueError("give exactly one of image= and experiment=")
+        if experiment is not None:
+            resolved = resolve_experiment(experiment, experiments)
+        else:
+            resolved = resolve_image(image, sha256=sha256)  # type: ignore[arg-type]
+        self.image = resolved.path
+        #: sha256 of the image file (None for a sandbox folder).
+        self.image_sha256 = resolved.sha256
         self.transport = transport
         self.timeout = float(timeout)
         self._runtime = runtime or Apptainer()
@@ -166,6 +188,12 @@ class RemoteRunner:
         proxy._pyroHandshake = {"protocol": wire.PROTOCOL_VERSION, "secret": self._secret}
         self._proxy = proxy
         self.info = self._control("info")  # the readiness probe: a real request, answered
+        log.info(
+            "container up: image %s sha256 %s; inside: remote %s, gymnasium %s, numpy %s, python %s",
+            self.image,
+            self.image_sha256,
+            *(self.info.get(k) for k in ("remote", "gymnasium", "numpy", "python")),
+        )
 
     # -- control calls (Pyro5) ---------------------------------------------------------------
 
@@ -328,7 +356,8 @@ class RemoteRunner:
 def make(
     env_id: str,
     *,
-    image: str | os.PathLike[str],
+    image: str | os.PathLike[str] | None = None,
+    experiment: str | None = None,
     transport: str = "unix",
     timeout: float = DEFAULT_TIMEOUT,
     **env_kwargs: Any,
@@ -341,7 +370,7 @@ def make(
 
         env = remote.make("CartPole-v1", image="gymnasium.sif")
     """
-    runner = RemoteRunner(image, transport=transport, timeout=timeout)
+    runner = RemoteRunner(image, experiment=experiment, transport=transport, timeout=timeout)
     try:
         return runner._make(env_id, env_kwargs, owns_runner=True)
     except BaseException:

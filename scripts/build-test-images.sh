@@ -4,6 +4,8 @@
 #                         msgpack + this project's package)
 #   OUTDIR/minimal.sif    from recipes/minimal.def (gymnasium.sif without Pyro5,
 #                         serpent, msgpack, remote)
+#   OUTDIR/legacy.sif     from recipes/legacy.def (numpy 1.26 + gymnasium 0.29.1: the
+#                         stack that cannot coexist with gymnasium.sif's; ~60 s)
 # An image is skipped when it exists and is newer than its recipe (and, for
 # minimal.sif, than gymnasium.sif), so local reruns are fast. A change under remote/
 # does not call for a rebuild: the host brings its own remote/ into the container
@@ -12,7 +14,7 @@
 # Usage: scripts/build-test-images.sh [OUTDIR]      (default: REPO/.images)
 #
 # Environment:
-#   FORCE=1   rebuild both images
+#   FORCE=1   rebuild every image
 #   plus those of scripts/build-image.sh (MIRROR, COMPRESSION, NOTEST, VERBOSE)
 set -Eeuo pipefail
 
@@ -39,6 +41,7 @@ up_to_date() {
 mkdir -p "$OUTDIR"
 GYM=$OUTDIR/gymnasium.sif
 MIN=$OUTDIR/minimal.sif
+LEGACY=$OUTDIR/legacy.sif
 if up_to_date "$GYM" "$REPO/recipes/gymnasium.def"; then
   log "$GYM is up to date"
 else
@@ -49,4 +52,10 @@ if up_to_date "$MIN" "$REPO/recipes/minimal.def" "$GYM"; then
   log "$MIN is up to date"
 else
   "$BUILD" "$REPO/recipes/minimal.def" "$MIN" --arg "BASE=$GYM"
+fi
+
+if up_to_date "$LEGACY" "$REPO/recipes/legacy.def"; then
+  log "$LEGACY is up to date"
+else
+  "$BUILD" "$REPO/recipes/legacy.def" "$LEGACY"
 fi

@@ -48,6 +48,14 @@ def minimal_image(apptainer: str) -> str:
 
 
 @pytest.fixture(scope="session")
+def legacy_image(apptainer: str) -> str:
+    """numpy 1.26 + gymnasium 0.29.1 (recipes/legacy.def): cannot coexist with ``image``'s stack."""
+    path = IMAGES / "legacy.sif"
+    _need(f"test image {path}", path.exists())
+    return str(path)
+
+
+@pytest.fixture(scope="session")
 def test_env_options() -> dict:
     """RemoteRunner options that make tests/envs importable inside the container."""
     return {"binds": [f"{TEST_ENVS}:/opt/testenvs:ro"], "env": {"PYTHONPATH": "/opt/testenvs"}}

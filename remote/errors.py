@@ -25,6 +25,8 @@ __all__ = [
     "RuntimeNotAvailable",
     "ContainerStartError",
     "ContainerDied",
+    "OutOfMemory",
+    "IllegalTransition",
     "CallTimeout",
     "ProtocolError",
     "VersionMismatch",
@@ -73,6 +75,14 @@ class ContainerDied(RemoteError):
         super().__init__(message + (f"\n--- last container output ---\n{log_tail}" if log_tail else ""))
         self.returncode = returncode
         self.log_tail = log_tail
+
+
+class OutOfMemory(ContainerDied):
+    """The container was killed for using more memory than its limit."""
+
+
+class IllegalTransition(RemoteError):
+    """A container was asked to do what its state does not allow (e.g. pause a stopped one)."""
 
 
 class CallTimeout(RemoteError, TimeoutError):

@@ -1,0 +1,87 @@
+"""Putting an allocation's limits on a container, the strongest way the machine allows.
+
+* ``"cgroup"``: Apptainer's ``--cpus``/``--memory``: the kernel throttles CPU time and
+  kills the container when it passes its memory limit. Needs root, or cgroups v2 with
+  delegation to the user.
+* ``"affinity+rlimit"``: the fallback: the container runs on its CPU cores only
+  (``taskset``) and its address space is capped (``prlimit --as``), so allocating past the
+  limit fails with ``MemoryError`` inside the env instead of killing the container.
+
+Both pin the container to the allocation's cores; GPUs are passed with ``--nv`` and
+``CUDA_VISIBLE_DEVICES``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from .allocator import Allocation
+from .errors import RuntimeNotAvailable
+from .runtime import Apptainer
+
+CGROUP = "cgroup"
+RLIMIT = "affinity+rlimit"
+NONE = "none"
+
+
+def cgroup_limits_available() -> bool:
+    """True if Apptainer can put ``--cpus``/``--memory`` on a container here: as root, or
+    as a user with cgroups v2 (unified) and a systemd user session to delegate from."""
+    if os.geteuid() == 0:
+        return True
+    unified = Path("/sys/fs/cgroup/cgroup.controllers").exists()
+    return unified and bool(os.environ.get("DBUS_SESSION_BUS_ADDRESS") or os.environ.get("XDG_RUNTIME_DIR"))
+
+
+def choose_enforcement(wanted: str = "auto") -> str:
+    """``"cgroup"`` or ``"affinity+rlimit"``: ``wanted``, or for ``"auto"`` the best available."""
+    if wanted == "auto":
+        return CGROUP if cgroup_limits_available() else RLIMIT
+    if wanted not in (CGROUP, RLIMIT):
+        raise ValueError(f"limits must be 'auto', {CGROUP!r} or {RLIMIT!r}, not {wanted!r}")
+    return wanted
+
+
+class LimitedRuntime:
+    """A runtime that starts containers inside an allocation's limits.
+
+    Args:
+        base: the runtime to wrap.
+        allocation: what the container may use; memory 0 means no memory limit.
+        enforcement: ``"cgroup"`` or ``"affinity+rlimit"`` (see the module docstring).
+    """
+
+    def __init__(self, base: Apptainer, allocation: Allocation, enforcement: str) -> None:
+        for tool in ("taskset", "prlimit"):
+            if shutil.which(tool) is None:
+                raise RuntimeNotAvailable(f"{tool} is not on PATH; install util-linux to limit containers")
+        self.base = base
+        self.allocation = allocation
+        self.enforcement = enforcement
+
+    def command(
+        self,
+        image: str,
+        argv: Sequence[str],
+        binds: Sequence[tuple[str, str, str]] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> list[str]:
+        """The base runtime's argv, wrapped in the allocation's limits."""
+        allocation = self.allocation
+        env = dict(env or {})
+        if allocation.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(allocation.gpus)
+        cmd = self.base.command(image, argv, binds, env)
+        flags = ["--nv"] if allocation.gpus else []
+        prefix = ["taskset", "-c", ",".join(map(str, allocation.cpu_ids))]
+        if self.enforcement == CGROUP:
+            if allocation.cpus:
+                flags += ["--cpus", f"{allocation.cpus:g}"]
+            if allocation.memory:
+                flags += ["--memory", str(allocation.memory)]
+        elif allocation.memory:
+            prefix += ["prlimit", f"--as={allocation.memory}", "--"]
+        return [*prefix, cmd[0], cmd[1], *flags, *cmd[2:]]

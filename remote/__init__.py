@@ -20,6 +20,7 @@ from .errors import (
     InvalidAction,
     OutOfMemory,
     ProtocolError,
+    RecordError,
     RemoteEnvError,
     RemoteError,
     ResourceUnavailable,
@@ -52,4 +53,5 @@ __all__ = [
     "EnvCreationError",
     "InvalidAction",
     "ResourceUnavailable",
+    "RecordError",
 ]

@@ -35,6 +35,7 @@ __all__ = [
     "EnvCreationError",
     "InvalidAction",
     "ResourceUnavailable",
+    "RecordError",
 ]
 
 
@@ -103,6 +104,10 @@ class AuthenticationError(ProtocolError):
 
 class ResourceUnavailable(RemoteError):
     """Not enough CPUs, memory, GPUs or ports are free for the request."""
+
+
+class RecordError(RemoteError):
+    """The record file (SQLite) cannot be used: another schema version, or not a database."""
 
 
 class RemoteEnvError(RemoteError):

@@ -4,8 +4,10 @@
   kills the container when it passes its memory limit. Needs root, or cgroups v2 with
   delegation to the user.
 * ``"affinity+rlimit"``: the fallback: the container runs on its CPU cores only
-  (``taskset``) and its address space is capped (``prlimit --as``), so allocating past the
-  limit fails with ``MemoryError`` inside the env instead of killing the container.
+  (``taskset``) and the server's address space is capped (``RLIMIT_AS``, set on the running
+  server process, so Apptainer's own Go runtime, which reserves much address space, is
+  not; processes the env starts inherit it): allocating past the limit fails with
+  ``MemoryError`` inside the env instead of killing the container.
 
 Both pin the container to the allocation's cores; GPUs are passed with ``--nv`` and
 ``CUDA_VISIBLE_DEVICES``.
@@ -17,6 +19,8 @@ import os
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+import psutil
 
 from .allocator import Allocation
 from .errors import RuntimeNotAvailable
@@ -55,9 +59,8 @@ class LimitedRuntime:
     """
 
     def __init__(self, base: Apptainer, allocation: Allocation, enforcement: str) -> None:
-        for tool in ("taskset", "prlimit"):
-            if shutil.which(tool) is None:
-                raise RuntimeNotAvailable(f"{tool} is not on PATH; install util-linux to limit containers")
+        if shutil.which("taskset") is None:
+            raise RuntimeNotAvailable("taskset is not on PATH; install util-linux to limit containers")
         self.base = base
         self.allocation = allocation
         self.enforcement = enforcement
@@ -82,6 +85,14 @@ class LimitedRuntime:
                 flags += ["--cpus", f"{allocation.cpus:g}"]
             if allocation.memory:
                 flags += ["--memory", str(allocation.memory)]
-        elif allocation.memory:
-            prefix += ["prlimit", f"--as={allocation.memory}", "--"]
         return [*prefix, cmd[0], cmd[1], *flags, *cmd[2:]]
+
+
+def limit_address_space(container_pid: int, run_dir: str, memory: int) -> int:
+    """Set ``RLIMIT_AS`` to ``memory`` bytes on the server process of the container led by
+    ``container_pid`` (found by ``run_dir`` in its command line); returns its pid."""
+    for process in psutil.Process(container_pid).children(recursive=True):
+        if run_dir in " ".join(process.cmdline()):
+            process.rlimit(psutil.RLIMIT_AS, (memory, memory))
+            return process.pid
+    raise RuntimeNotAvailable(f"no server process under pid {container_pid} to put a memory limit on")

@@ -31,11 +31,11 @@ from typing import Any
 
 import psutil
 
-from .allocator import Allocation, ResourceAllocator
+from .allocator import Allocation, ResourceAllocator, parse_size
 from .client import RemoteEnvironmentClient
 from .errors import CallTimeout, ContainerDied, IllegalTransition, OutOfMemory
 from .image import resolve_image
-from .limits import CGROUP, NONE, LimitedRuntime, choose_enforcement
+from .limits import CGROUP, NONE, RLIMIT, LimitedRuntime, choose_enforcement, limit_address_space
 from .ports import PortLease, instance_name, lease_ports, release_ports
 from .record import Owner, Record
 from .runner import RemoteRunner
@@ -379,6 +379,8 @@ class ContainerManager:
             ports=ports or None,  # type: ignore[arg-type]
             **container.options,
         )
+        if self.enforcement == RLIMIT and container.allocation.memory and runner.pid is not None:
+            limit_address_space(runner.pid, str(runner.run_dir), container.allocation.memory)
         with self._lock:
             if container.state is State.STARTING and runner.alive:
                 container.runner = runner
@@ -601,9 +603,9 @@ def oom_reason(returncode: int | None, container: _Container) -> str | None:
     With cgroup limits the kernel's OOM killer sends SIGKILL inside the container and
     ``apptainer exec`` exits with status 137.
     """
-    allocation = container.allocation
-    if returncode == KILLED_STATUS and container.limits == CGROUP and allocation and allocation.memory:
-        return f"out of memory: killed for passing its memory limit of {allocation.memory / 2**20:.0f} MiB"
+    memory = parse_size(container.memory)
+    if returncode == KILLED_STATUS and container.limits == CGROUP and memory:
+        return f"out of memory: killed for passing its memory limit of {memory / 2**20:.0f} MiB"
     return None
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import psutil
 
 from .cache import cache_dir
+from .errors import RecordError
 
 #: Version of the tables below; a file with another version is refused, not altered.
 SCHEMA_VERSION = 1
@@ -147,7 +148,7 @@ class Record:
                         db.execute(statement)
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:
-                raise RuntimeError(
+                raise RecordError(
                     f"{self.path} has record schema {version}, this remote uses {SCHEMA_VERSION}: "
                     "move the file away (or set REMOTE_CACHE) to start a new record"
                 )

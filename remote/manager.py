@@ -132,7 +132,7 @@ class ManagedRunner(RemoteRunner):
     def _on_exit(self, returncode: int) -> None:
         super()._on_exit(returncode)
         self._end_sessions()
-        self._manager._exited(self, returncode)
+        self._manager._exited(self, returncode, closed=self._closed)
 
     def death_error(self, code: int | None, what: str) -> ContainerDied:
         reason = oom_reason(code, self._container)
@@ -380,7 +380,11 @@ class ContainerManager:
             **container.options,
         )
         if self.enforcement == RLIMIT and container.allocation.memory and runner.pid is not None:
-            limit_address_space(runner.pid, str(runner.run_dir), container.allocation.memory)
+            try:
+                limit_address_space(runner.pid, str(runner.run_dir), container.allocation.memory)
+            except BaseException:
+                runner.close()
+                raise
         with self._lock:
             if container.state is State.STARTING and runner.alive:
                 container.runner = runner
@@ -490,13 +494,20 @@ class ContainerManager:
 
     # -- crashes and restarts ------------------------------------------------------------
 
-    def _exited(self, runner: ManagedRunner, returncode: int) -> None:
-        """The watcher thread of ``runner`` saw its container exit."""
+    def _exited(self, runner: ManagedRunner, returncode: int, closed: bool) -> None:
+        """The watcher thread of ``runner`` saw its container exit; ``closed``: because the
+        runner was closed (e.g. at interpreter exit), not by a crash."""
         container = runner._container
         with self._lock:
             if container.runner is not runner or container.state not in _UP:
                 return  # stopping on request, or not started through us
             container.returncode = returncode
+            if closed:
+                container.runner = None
+                self._move(container, State.STOPPING)
+                self._release(container)
+                self._move(container, State.STOPPED, "its runner was closed")
+                return
             if container.state is State.PAUSED:
                 _signal_tree(runner.pid, signal.SIGCONT)  # type: ignore[arg-type]
             container.runner = None

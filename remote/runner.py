@@ -90,6 +90,8 @@ class RemoteRunner:
     ) -> None:
         if transport not in ("unix", "tcp"):
             raise ValueError(f"transport must be 'unix' or 'tcp', not {transport!r}")
+        if ports is not None and (transport != "tcp" or len(ports) != 2):
+            raise ValueError("ports= takes (control, stream) and needs transport='tcp'")
         if not timeout > 0 or not start_timeout > 0:
             raise ValueError("timeout and start_timeout must be positive numbers of seconds")
         self.image = resolve_image(image)

@@ -165,7 +165,7 @@ def test_pause_blocks_steps_and_resume_continues_the_same_episode(manager, image
 
     manager.pause(name)
     assert manager.status(name).state is State.PAUSED
-    assert server.status() == psutil.STATUS_STOPPED
+    wait_for(lambda: server.status() == psutil.STATUS_STOPPED, 5, "the server to be stopped")
     result: list = []
     stepper = threading.Thread(target=lambda: result.append(env.step(0)[0][0]))
     stepper.start()

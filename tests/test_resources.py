@@ -8,6 +8,7 @@ import signal
 import sqlite3
 
 import pytest
+from helpers import lease_at_once
 
 import remote
 from remote.allocator import ResourceAllocator, parse_size
@@ -19,20 +20,13 @@ from remote.runtime import Apptainer
 WORKERS = 32
 
 
-def _lease_at_once(path, worker, barrier, ports, done) -> None:
-    record = Record(path)
-    barrier.wait()
-    (lease,) = lease_ports(record, instance_name("w", worker))
-    ports.put(lease.port)
-    done.wait(60)  # hold the lease (as a running worker would) until the parent has checked
-
-
 def test_32_processes_lease_32_distinct_free_ports(tmp_path):
     path = tmp_path / "record.sqlite"
     Record(path)
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("forkserver")  # children forked from a clean, thread-free process
+    ctx.set_forkserver_preload(["remote.ports"])
     barrier, ports, done = ctx.Barrier(WORKERS), ctx.Queue(), ctx.Event()
-    procs = [ctx.Process(target=_lease_at_once, args=(path, i, barrier, ports, done)) for i in range(WORKERS)]
+    procs = [ctx.Process(target=lease_at_once, args=(path, i, barrier, ports, done)) for i in range(WORKERS)]
     for p in procs:
         p.start()
     try:

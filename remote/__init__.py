@@ -7,6 +7,7 @@ obs, info = env.reset(seed=0)
 
 __version__ = "0.1.0"
 
+from .allocator import ResourceAllocator
 from .client import RemoteEnvironmentClient
 from .errors import (
     AuthenticationError,
@@ -27,6 +28,7 @@ from .errors import (
     RuntimeNotAvailable,
     VersionMismatch,
 )
+from .manager import ContainerManager, ContainerStatus, State
 from .runner import RemoteRunner, make
 from .server import RemoteEnvironmentServer, RemoteRunnerServer
 
@@ -35,6 +37,10 @@ __all__ = [
     "make",
     "RemoteRunner",
     "RemoteEnvironmentClient",
+    "ContainerManager",
+    "ContainerStatus",
+    "State",
+    "ResourceAllocator",
     "RemoteRunnerServer",
     "RemoteEnvironmentServer",
     "RemoteError",

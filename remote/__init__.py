@@ -7,7 +7,6 @@ obs, info = env.reset(seed=0)
 
 __version__ = "0.1.0"
 
-from .allocator import ResourceAllocator
 from .client import RemoteEnvironmentClient
 from .errors import (
     AuthenticationError,
@@ -28,9 +27,25 @@ from .errors import (
     RuntimeNotAvailable,
     VersionMismatch,
 )
-from .manager import ContainerManager, ContainerStatus, State
 from .runner import RemoteRunner, make
 from .server import RemoteEnvironmentServer, RemoteRunnerServer
+
+#: Imported on first use: they need psutil, which the server side (in the image) lacks.
+_HOST_ONLY = {
+    "ContainerManager": "manager",
+    "ContainerStatus": "manager",
+    "State": "manager",
+    "ResourceAllocator": "allocator",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _HOST_ONLY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_HOST_ONLY[name]}", __name__), name)
+    raise AttributeError(f"module 'remote' has no attribute {name!r}")
+
 
 __all__ = [
     "__version__",

@@ -394,7 +394,9 @@ class ContainerManager:
                 return
             stopped = container.state is not State.STARTING
         runner.close()
-        if not stopped:
+        if stopped:  # by stop() during a restart: what this launch took goes back too
+            self._release(container)
+        else:
             raise ContainerDied(f"{container.name} exited right after it started")
 
     def make(self, name: str, env_id: str, **kwargs: Any) -> RemoteEnvironmentClient:

@@ -185,8 +185,13 @@ def test_pause_blocks_steps_and_resume_continues_the_same_episode(manager, image
     fresh = manager.make(name, "testenvs:FaultyEnv")
     fresh.reset(seed=0)
     assert fresh.step(0)[0][0] == 1
-    manager.stop(name)
-    assert manager.status(name).state is State.STOPPED
+
+    manager.pause(name)
+    tree = [server.pid, *(p.pid for p in psutil.Process(manager.status(name).pid).children(recursive=True))]
+    started = time.monotonic()
+    manager.kill(name)  # a frozen container dies at once
+    assert time.monotonic() - started < 3 and wait_gone(tree, 1.0) == []
+    assert manager.status(name).state is State.STOPPED and manager.status(name).reason == "kill requested"
 
 
 def test_killed_container_is_restarted_with_backoff_then_error(record, image):
@@ -272,3 +277,22 @@ def test_kill_9_of_the_host_then_a_new_manager_leaves_nothing_running(tmp_path, 
     assert "still running and was killed" in rows[0]["reason"]
     assert [s["lost"] for s in record.query("SELECT lost FROM sessions")] == [1, 1]
     assert ContainerManager(record, sample_interval=0).sweep_orphans() == []  # once is enough
+
+
+def test_the_orphan_sweep_kills_only_our_own_processes(record):
+    stranger = subprocess.Popen(["sleep", "60"])  # alive, but not a container of ours
+    try:
+        with record.transaction() as db:
+            db.execute(
+                "INSERT INTO containers (name, image, state, owner_pid, owner_started, pid, pid_started, "
+                "run_dir, created, updated) "
+                "VALUES ('x-0', 'img', 'RUNNING', ?, 1.0, ?, ?, '/tmp/rmt-none', 0, 0)",
+                (stranger.pid, stranger.pid, psutil.Process(stranger.pid).create_time()),
+            )
+        assert ContainerManager(record, sample_interval=0).sweep_orphans() == []  # swept by __init__
+        assert stranger.poll() is None, "the sweep killed a process that is not ours"
+        (row,) = record.query("SELECT state, lost, reason FROM containers")
+        assert (row["state"], row["lost"]) == ("STOPPED", 1) and "was killed" not in row["reason"]
+    finally:
+        stranger.kill()
+        stranger.wait()

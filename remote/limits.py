@@ -10,13 +10,15 @@
   ``MemoryError`` inside the env instead of killing the container.
 
 Both pin the container to the allocation's cores; GPUs are passed with ``--nv`` and
-``CUDA_VISIBLE_DEVICES``.
+``CUDA_VISIBLE_DEVICES``. A container killed with SIGKILL leaves its (empty) cgroups
+behind, Apptainer being killed too: :func:`remove_cgroups` removes them.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -88,11 +90,48 @@ class LimitedRuntime:
         return [*prefix, cmd[0], cmd[1], *flags, *cmd[2:]]
 
 
-def limit_address_space(container_pid: int, run_dir: str, memory: int) -> int:
-    """Set ``RLIMIT_AS`` to ``memory`` bytes on the server process of the container led by
-    ``container_pid`` (found by ``run_dir`` in its command line); returns its pid."""
-    for process in psutil.Process(container_pid).children(recursive=True):
-        if run_dir in " ".join(process.cmdline()):
-            process.rlimit(psutil.RLIMIT_AS, (memory, memory))
-            return process.pid
-    raise RuntimeNotAvailable(f"no server process under pid {container_pid} to put a memory limit on")
+def limit_address_space(pid: int, memory: int) -> None:
+    """Cap the address space of process ``pid`` (a container's server; what it starts
+    inherits the cap) at ``memory`` bytes: ``RLIMIT_AS``, as ``prlimit --as`` does."""
+    psutil.Process(pid).rlimit(psutil.RLIMIT_AS, (memory, memory))
+
+
+def _cgroups(pid: int | str) -> dict[str, Path]:
+    """Controller → cgroup folder of a process, from ``/proc/<pid>/cgroup``."""
+    found = {}
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        base = Path("/sys/fs/cgroup", controllers.removeprefix("name="))  # v2: controllers == ""
+        found[controllers] = base / path.lstrip("/")
+    return found
+
+
+def container_cgroups(pid: int) -> list[Path]:
+    """The cgroup folders a container process is in that this process is not in (read
+    while it runs, for :func:`remove_cgroups` after it ends)."""
+    try:
+        theirs, ours = _cgroups(pid), _cgroups("self")
+    except OSError:
+        return []
+    return [path for key, path in theirs.items() if path != ours.get(key) and path.is_dir()]
+
+
+def remove_cgroups(paths: list[Path], wait: float = 5.0) -> list[Path]:
+    """Remove the cgroup folders of an exited container, waiting up to ``wait`` seconds for
+    its last processes to leave them (the kernel refuses to remove a cgroup with processes
+    in it, so this never touches a live container). Returns those left."""
+    deadline = time.monotonic() + wait
+    left = list(paths)
+    while left:
+        for path in list(left):
+            try:
+                path.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError:
+                continue
+            left.remove(path)
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    return left

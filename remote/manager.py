@@ -35,7 +35,16 @@ from .allocator import Allocation, ResourceAllocator, parse_size
 from .client import RemoteEnvironmentClient
 from .errors import CallTimeout, ContainerDied, IllegalTransition, OutOfMemory
 from .image import resolve_image
-from .limits import CGROUP, NONE, RLIMIT, LimitedRuntime, choose_enforcement, limit_address_space
+from .limits import (
+    CGROUP,
+    NONE,
+    RLIMIT,
+    LimitedRuntime,
+    choose_enforcement,
+    container_cgroups,
+    limit_address_space,
+    remove_cgroups,
+)
 from .ports import PortLease, instance_name, lease_ports, release_ports
 from .record import Owner, Record
 from .runner import RemoteRunner
@@ -127,10 +136,13 @@ class ManagedRunner(RemoteRunner):
         self._manager = manager
         self._sessions: dict[RemoteEnvironmentClient, int] = {}
         self._sessions_lock = threading.Lock()
+        self.cgroups: list[Path] = []  # set by the manager: removed when the container exits
         super().__init__(**kwargs)
 
     def _on_exit(self, returncode: int) -> None:
         super()._on_exit(returncode)
+        if self.cgroups:  # its processes may take a moment to leave them
+            threading.Thread(target=remove_cgroups, args=(self.cgroups,), daemon=True).start()
         self._end_sessions()
         self._manager._exited(self, returncode, closed=self._closed)
 
@@ -379,12 +391,14 @@ class ContainerManager:
             ports=ports or None,  # type: ignore[arg-type]
             **container.options,
         )
-        if self.enforcement == RLIMIT and container.allocation.memory and runner.pid is not None:
-            try:
-                limit_address_space(runner.pid, str(runner.run_dir), container.allocation.memory)
-            except BaseException:
-                runner.close()
-                raise
+        try:
+            server = server_pid(runner)
+            if self.enforcement == RLIMIT and container.allocation.memory:
+                limit_address_space(server, container.allocation.memory)
+            runner.cgroups = container_cgroups(server) if self.enforcement == CGROUP else []
+        except BaseException:
+            runner.close()
+            raise
         with self._lock:
             if container.state is State.STARTING and runner.alive:
                 container.runner = runner
@@ -671,20 +685,36 @@ def _usage(container: _Container) -> tuple[float, int] | None:
     return cpu, rss
 
 
+def _server_in(pid: int, run_dir: str) -> int | None:
+    """Host pid of the server under container process ``pid`` whose command line names
+    ``run_dir``: how we know a container is ours."""
+    for process in _tree(pid):
+        with contextlib.suppress(psutil.Error):
+            if run_dir in " ".join(process.cmdline()):
+                return process.pid
+    return None
+
+
+def server_pid(runner: RemoteRunner) -> int:
+    """Host pid of the server process in a runner's container."""
+    found = _server_in(runner.pid, str(runner.run_dir)) if runner.pid is not None else None
+    if found is None:
+        raise ContainerDied(f"the server of {runner.image} is not running")
+    return found
+
+
 def _kill_if_ours(pid: int | None, started: float | None, run_dir: str | None) -> bool:
     """Kill the container process ``pid`` if it is the one we recorded: same start time,
-    and an Apptainer process whose tree runs our server on ``run_dir``."""
-    if pid is None or started is None or not Owner(pid, started).alive():
+    and its tree runs our server on ``run_dir``."""
+    if pid is None or started is None or not run_dir or not Owner(pid, started).alive():
         return False
-    tree = _tree(pid)
-    try:
-        ours = any(run_dir and run_dir in " ".join(p.cmdline()) for p in tree)
-    except psutil.Error:
+    server = _server_in(pid, run_dir)
+    if server is None:
         return False
-    if not ours:
-        return False
+    tree, cgroups = _tree(pid), container_cgroups(server)
     _signal_tree(pid, signal.SIGKILL)
     psutil.wait_procs(tree, timeout=5)
+    remove_cgroups(cgroups)
     return True
 
 

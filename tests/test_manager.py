@@ -17,7 +17,7 @@ from helpers import alive, wait_gone
 
 import remote
 from remote.allocator import ResourceAllocator
-from remote.limits import CGROUP, RLIMIT, cgroup_limits_available
+from remote.limits import CGROUP, RLIMIT, cgroup_limits_available, container_cgroups
 from remote.manager import ContainerManager, State
 from remote.record import Record
 
@@ -202,10 +202,13 @@ def test_killed_container_is_restarted_with_backoff_then_error(record, image):
         env.reset(seed=0)
         for restart in (1, 2):
             pid = manager.status(name).pid
-            os.killpg(pid, signal.SIGKILL)
+            cgroups = container_cgroups(server_process(manager, name).pid)
+            assert bool(cgroups) == (manager.status(name).limits == CGROUP)
+            os.killpg(pid, signal.SIGKILL)  # apptainer too: it cannot remove its cgroups
             wait_for(lambda pid=pid: manager.status(name).pid not in (None, pid), what=f"restart {restart}")
             wait_for(lambda: manager.status(name).state is State.RUNNING, what="RUNNING")
             assert manager.status(name).restarts == restart
+            assert [path for path in cgroups if path.exists()] == [], "cgroups of a dead container left"
             if restart == 1:
                 with pytest.raises(remote.ContainerDied):
                     env.step(0)  # the env died with its container

@@ -524,8 +524,6 @@ class ContainerManager:
                 self._release(container)
                 self._move(container, State.STOPPED, "its runner was closed")
                 return
-            if container.state is State.PAUSED:
-                _signal_tree(runner.pid, signal.SIGCONT)  # type: ignore[arg-type]
             container.runner = None
             self._retry(container, oom_reason(returncode, container) or _describe_exit(returncode))
 
@@ -535,6 +533,9 @@ class ContainerManager:
             self._move(container, State.ERROR, f"{reason}; gave up after {container.restarts} restarts")
             self._release(container)
             return
+        if container.leases:  # the dead server's ports may linger in TIME_WAIT: take fresh ones
+            release_ports(self.record, container.leases)
+            container.leases = []
         delay = min(self.max_backoff, self.backoff * 2**container.restarts)
         container.restarts += 1
         message = f"{reason}; restart {container.restarts} of {self.max_restarts} in {delay:g} s"

@@ -196,18 +196,19 @@ def test_pause_blocks_steps_and_resume_continues_the_same_episode(manager, image
 
 def test_killed_container_is_restarted_with_backoff_then_error(record, image):
     with ContainerManager(record, max_restarts=2, backoff=0.3, sample_interval=0) as manager:
-        name = manager.create(5, image)
+        name = manager.create(5, image, transport="tcp")
         manager.start(name)
         env = manager.make(name, "CartPole-v1")
         env.reset(seed=0)
         for restart in (1, 2):
-            pid = manager.status(name).pid
+            pid, ports = manager.status(name).pid, manager.status(name).ports
             cgroups = container_cgroups(server_process(manager, name).pid)
             assert bool(cgroups) == (manager.status(name).limits == CGROUP)
             os.killpg(pid, signal.SIGKILL)  # apptainer too: it cannot remove its cgroups
             wait_for(lambda pid=pid: manager.status(name).pid not in (None, pid), what=f"restart {restart}")
             wait_for(lambda: manager.status(name).state is State.RUNNING, what="RUNNING")
             assert manager.status(name).restarts == restart
+            assert len(manager.status(name).ports) == 2 and manager.status(name).ports != ports
             assert [path for path in cgroups if path.exists()] == [], "cgroups of a dead container left"
             if restart == 1:
                 with pytest.raises(remote.ContainerDied):
@@ -221,6 +222,7 @@ def test_killed_container_is_restarted_with_backoff_then_error(record, image):
         assert "gave up after 2 restarts" in status.reason and "SIGKILL" in status.reason
         with pytest.raises(remote.IllegalTransition):
             manager.pause(name)
+        assert record.query("SELECT * FROM port_leases") == [] == record.query("SELECT * FROM allocations")
 
     events = record.query("SELECT time, event, detail FROM events ORDER BY time")
     assert [e["event"] for e in events] == [

@@ -22,11 +22,14 @@ from .errors import (
     ContainerStartError,
     DownloadError,
     EnvCreationError,
+    IllegalTransition,
     ImageBuildError,
     ImageNotFound,
     ImagePullError,
     InvalidAction,
+    OutOfMemory,
     ProtocolError,
+    RecordError,
     RemoteEnvError,
     RemoteError,
     ResourceUnavailable,
@@ -39,6 +42,23 @@ from .pool import Pool, PooledEnv
 from .registration import register, register_known
 from .runner import RemoteRunner, make
 from .server import RemoteEnvironmentServer, RemoteRunnerServer
+
+#: Imported on first use: they need psutil, which the server side (in the image) lacks.
+_HOST_ONLY = {
+    "ContainerManager": "manager",
+    "ContainerStatus": "manager",
+    "State": "manager",
+    "ResourceAllocator": "allocator",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _HOST_ONLY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_HOST_ONLY[name]}", __name__), name)
+    raise AttributeError(f"module 'remote' has no attribute {name!r}")
+
 
 __all__ = [
     "__version__",
@@ -54,6 +74,10 @@ __all__ = [
     "images",
     "experiments",
     "RemoteEnvironmentClient",
+    "ContainerManager",
+    "ContainerStatus",
+    "State",
+    "ResourceAllocator",
     "RemoteRunnerServer",
     "RemoteEnvironmentServer",
     "RemoteError",
@@ -67,6 +91,8 @@ __all__ = [
     "RuntimeNotAvailable",
     "ContainerStartError",
     "ContainerDied",
+    "OutOfMemory",
+    "IllegalTransition",
     "CallTimeout",
     "ProtocolError",
     "VersionMismatch",
@@ -75,6 +101,7 @@ __all__ = [
     "EnvCreationError",
     "InvalidAction",
     "ResourceUnavailable",
+    "RecordError",
 ]
 
 register_known()

@@ -12,7 +12,7 @@ from gymnasium.envs.registration import EnvSpec
 
 from . import spaces as space_codec
 from . import wire
-from .errors import CallTimeout, InvalidAction, ProtocolError, RemoteError, remote_exception
+from .errors import InvalidAction, ProtocolError, RemoteError, remote_exception
 
 if TYPE_CHECKING:
     from .runner import RemoteRunner
@@ -55,6 +55,9 @@ class RemoteEnvironmentClient(gym.Env):
         self.metadata = dict(description.get("metadata") or {})
         self.render_mode = description.get("render_mode")
         self.spec = _spec(description.get("spec"))
+        self.steps = self.episodes = 0  # totals for the record, counted without a call
+        self.total_return = 0.0
+        self.first_seed: int | None = None
 
     def _call(self, op: str, args: Any = None) -> Any:
         stream = self._stream
@@ -67,11 +70,7 @@ class RemoteEnvironmentClient(gym.Env):
             self._drop(
                 f"{self.env_id}: a call timed out earlier, so its stream is out of step; create a new env"
             )
-            raise CallTimeout(
-                f"{op} on {self.env_id} got no answer within {self.runner.timeout:g} s "
-                "(set timeout= on the runner if the env is this slow; a container stopped "
-                "or overloaded does this too)"
-            ) from None
+            raise self.runner.timeout_error(f"{op} on {self.env_id}") from None
         except ProtocolError:
             self._drop(f"{self.env_id}: the connection broke the protocol; create a new env")
             raise
@@ -100,6 +99,8 @@ class RemoteEnvironmentClient(gym.Env):
     ) -> tuple[Any, dict[str, Any]]:
         """Reset the remote env. Returns ``(observation, info)``."""
         super().reset(seed=seed)  # keeps self.np_random consistent with a local env
+        if self.first_seed is None:
+            self.first_seed = seed
         result = self._call("reset", [seed, options])
         if not (isinstance(result, tuple) and len(result) == 2):
             raise ProtocolError(f"reset returned {type(result).__name__}, not (obs, info)")
@@ -113,6 +114,10 @@ class RemoteEnvironmentClient(gym.Env):
             raise InvalidAction(f"action cannot be sent: {exc}") from None
         if not (isinstance(result, tuple) and len(result) == 5):
             raise ProtocolError(f"step returned {type(result).__name__}, not a 5-tuple")
+        self.steps += 1
+        self.total_return += result[1]
+        if result[2] or result[3]:
+            self.episodes += 1
         return result
 
     def render(self) -> Any:

@@ -30,6 +30,8 @@ __all__ = [
     "RuntimeNotAvailable",
     "ContainerStartError",
     "ContainerDied",
+    "OutOfMemory",
+    "IllegalTransition",
     "CallTimeout",
     "ProtocolError",
     "VersionMismatch",
@@ -38,6 +40,7 @@ __all__ = [
     "EnvCreationError",
     "InvalidAction",
     "ResourceUnavailable",
+    "RecordError",
 ]
 
 
@@ -107,6 +110,14 @@ class ContainerDied(RemoteError):
         self.log_tail = log_tail
 
 
+class OutOfMemory(ContainerDied):
+    """The container was killed for using more memory than its limit."""
+
+
+class IllegalTransition(RemoteError):
+    """A container was asked to do what its state does not allow (e.g. pause a stopped one)."""
+
+
 class CallTimeout(RemoteError, TimeoutError):
     """A call to the container got no answer within its timeout."""
 
@@ -125,6 +136,10 @@ class AuthenticationError(ProtocolError):
 
 class ResourceUnavailable(RemoteError):
     """Not enough CPUs, memory, GPUs or ports are free for the request."""
+
+
+class RecordError(RemoteError):
+    """The record file (SQLite) cannot be used: another schema version, or not a database."""
 
 
 class RemoteEnvError(RemoteError):

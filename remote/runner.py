@@ -72,6 +72,8 @@ class RemoteRunner:
         env: variables set in the container (the host's environment is not passed in).
         binds: more folders for the container, ``"src"`` or ``"src:dest[:ro]"``.
         runtime: the container runtime; default :class:`remote.runtime.Apptainer`.
+        ports: with ``transport="tcp"``, the (control, stream) ports to serve on (e.g. leased
+            with :func:`remote.ports.lease_ports`); default: ports the server picks.
 
     The container is one supervised ``apptainer exec`` process (see :mod:`remote.runtime`).
     ``close()`` (or leaving the ``with`` block, or interpreter exit) stops it and removes its
@@ -98,9 +100,12 @@ class RemoteRunner:
         env: Mapping[str, str] | None = None,
         binds: Sequence[str] = (),
         runtime: Apptainer | None = None,
+        ports: tuple[int, int] | None = None,
     ) -> None:
         if transport not in ("unix", "tcp"):
             raise ValueError(f"transport must be 'unix' or 'tcp', not {transport!r}")
+        if ports is not None and (transport != "tcp" or len(ports) != 2):
+            raise ValueError("ports= takes (control, stream) and needs transport='tcp'")
         if not timeout > 0 or not start_timeout > 0:
             raise ValueError("timeout and start_timeout must be positive numbers of seconds")
         if (image is None) == (experiment is None):
@@ -125,7 +130,7 @@ class RemoteRunner:
         try:
             self._secret = secrets.token_hex(32)
             _write_private(self.run_dir / "secret", self._secret)
-            _write_private(self.run_dir / "config.json", json.dumps({"transport": transport}))
+            _write_private(self.run_dir / "config.json", json.dumps({"transport": transport, "ports": ports}))
             payload = str(payload_dir())
             argv = self._runtime.command(
                 self.image,
@@ -205,9 +210,7 @@ class RemoteRunner:
             try:
                 reply = getattr(self._proxy, method)(*args)
             except Pyro5.errors.TimeoutError:
-                raise CallTimeout(
-                    f"{method} got no answer from {self.image} within {self.timeout:g} s"
-                ) from None
+                raise self.timeout_error(f"{method} on {self.image}") from None
             except Pyro5.errors.CommunicationError as exc:
                 raise self._refused_or_lost(exc, method) from None
             except Pyro5.errors.PyroError as exc:
@@ -233,15 +236,25 @@ class RemoteRunner:
         container has exited (waits briefly to find out), else ProtocolError."""
         process = self._process
         if process is not None and process.exited.wait(2.0):
-            code = process.returncode
-            how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-            return ContainerDied(
-                f"the container running {self.image} died ({how}) during {what}; its "
-                "environments are lost: start a new runner (remote.make / RemoteRunner)",
-                code,
-                self._log_tail,
-            )
+            return self.death_error(process.returncode, what)
         return ProtocolError(f"lost the connection to the server during {what}: {exc}")
+
+    def death_error(self, code: int | None, what: str) -> ContainerDied:
+        """The error for calls to this runner after its container exited with ``code``."""
+        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        return ContainerDied(
+            f"the container running {self.image} died ({how}) during {what}; its "
+            "environments are lost: start a new runner (remote.make / RemoteRunner)",
+            code,
+            self._log_tail,
+        )
+
+    def timeout_error(self, what: str) -> CallTimeout:
+        """The error for ``what`` getting no answer within the timeout."""
+        return CallTimeout(
+            f"{what} got no answer within {self.timeout:g} s (set timeout= on the runner if the "
+            "env is this slow; a container stopped or overloaded does this too)"
+        )
 
     def _on_exit(self, returncode: int) -> None:
         """Called by the watcher thread when the container exits, however it exits."""
@@ -317,8 +330,9 @@ class RemoteRunner:
 
     # -- end ---------------------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Stop the container and remove its sockets. Safe to call more than once."""
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the container and remove its sockets; kill it if it has not exited after
+        ``timeout`` seconds. Safe to call more than once."""
         with self._lock:
             if self._closed:
                 return
@@ -330,12 +344,17 @@ class RemoteRunner:
         for client in clients:
             client._drop(f"{client.env_id}: its runner was closed")
         if self._process is not None:
-            self._process.stop()
+            self._process.stop(timeout)
         shutil.rmtree(self.run_dir, ignore_errors=True)
         if hasattr(self, "_log_path"):
             self._log_path.unlink(missing_ok=True)
         with _live_lock:
             _live.discard(self)
+
+    @property
+    def pid(self) -> int | None:
+        """Host pid of the supervised container process (the leader of its process group)."""
+        return self._process.pid if self._process is not None else None
 
     @property
     def alive(self) -> bool:

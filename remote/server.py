@@ -354,7 +354,7 @@ def _only_msgpack() -> None:
         Pyro5.serializers.serializers_by_id[serializer_id] = msgpack_serializer
 
 
-def _listen(config: dict[str, Any], run_dir: Path, name: str) -> socket.socket:
+def _listen(config: dict[str, Any], run_dir: Path, name: str, port: int) -> socket.socket:
     if config["transport"] == "unix":
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         path = run_dir / name
@@ -362,7 +362,7 @@ def _listen(config: dict[str, Any], run_dir: Path, name: str) -> socket.socket:
         os.chmod(path, 0o600)
     else:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
+        sock.bind(("127.0.0.1", port))
     sock.listen(64)
     return sock
 
@@ -376,17 +376,18 @@ def main(run_dir: str) -> None:
     _only_msgpack()
     Pyro5.config.SERIALIZER = "msgpack"
     runner = RemoteRunnerServer()
+    ports = config.get("ports") or (0, 0)  # leased by the host, or picked here
 
     if config["transport"] == "unix":
         daemon = _Daemon(secret, unixsocket=str(root / "control"))
         os.chmod(root / "control", 0o600)
         control: Any = str(root / "control")
     else:
-        daemon = _Daemon(secret, host="127.0.0.1", port=0)
+        daemon = _Daemon(secret, host="127.0.0.1", port=ports[0])
         control = daemon.locationStr.rpartition(":")[2]
         control = int(control)
     daemon.register(runner, "runner")
-    listener = _listen(config, root, "envs")
+    listener = _listen(config, root, "envs", ports[1])
     stream: Any = str(root / "envs") if config["transport"] == "unix" else listener.getsockname()[1]
     threading.Thread(target=EnvStreamServer(listener, runner, secret).serve_forever, daemon=True).start()
 

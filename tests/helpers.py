@@ -49,3 +49,17 @@ def wait_gone(pids: list[int], seconds: float = 5.0) -> list[int]:
 def apptainer_instances() -> str:
     out = subprocess.run(["apptainer", "instance", "list"], capture_output=True, text=True)
     return "\n".join(out.stdout.splitlines()[1:])
+
+
+def lease_at_once(path: str, worker: int, barrier, ports, done) -> None:
+    """A worker process for the port lease test (here, not in the test module, so that a
+    forkserver child imports nothing heavy): lease a port when all are ready, report it,
+    and hold it until ``done``."""
+    from remote.ports import instance_name, lease_ports
+    from remote.record import Record
+
+    record = Record(path)
+    barrier.wait()
+    (lease,) = lease_ports(record, instance_name("w", worker))
+    ports.put(lease.port)
+    done.wait(60)

@@ -89,3 +89,23 @@ class SeedIgnoringEnv(gym.Env):
 
     def step(self, action):
         return self._rng.uniform(0, 1, 2), 0.0, False, False, {}
+
+
+class MemoryHog(gym.Env):
+    """Allocates (and touches) ``megabytes`` MB more on every step with action 1."""
+
+    def __init__(self, megabytes: int = 64) -> None:
+        self.observation_space = spaces.Box(0.0, np.inf, (1,), np.float32)
+        self.action_space = spaces.Discrete(2)
+        self.megabytes = megabytes
+        self.held: list[np.ndarray] = []
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        return np.array([0.0], dtype=np.float32), {}
+
+    def step(self, action):
+        if action == 1:
+            self.held.append(np.ones(self.megabytes * 2**20, dtype=np.uint8))
+        held = float(sum(block.nbytes for block in self.held) / 2**20)
+        return np.array([held], dtype=np.float32), 0.0, False, False, {}

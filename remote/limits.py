@@ -1,0 +1,137 @@
+"""Putting an allocation's limits on a container, the strongest way the machine allows.
+
+* ``"cgroup"``: Apptainer's ``--cpus``/``--memory``: the kernel throttles CPU time and
+  kills the container when it passes its memory limit. Needs root, or cgroups v2 with
+  delegation to the user.
+* ``"affinity+rlimit"``: the fallback: the container runs on its CPU cores only
+  (``taskset``) and the server's address space is capped (``RLIMIT_AS``, set on the running
+  server process, so Apptainer's own Go runtime, which reserves much address space, is
+  not; processes the env starts inherit it): allocating past the limit fails with
+  ``MemoryError`` inside the env instead of killing the container.
+
+Both pin the container to the allocation's cores; GPUs are passed with ``--nv`` and
+``CUDA_VISIBLE_DEVICES``. A container killed with SIGKILL leaves its (empty) cgroups
+behind, Apptainer being killed too: :func:`remove_cgroups` removes them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import psutil
+
+from .allocator import Allocation
+from .errors import RuntimeNotAvailable
+from .runtime import Apptainer
+
+CGROUP = "cgroup"
+RLIMIT = "affinity+rlimit"
+NONE = "none"
+
+
+def cgroup_limits_available() -> bool:
+    """True if Apptainer can put ``--cpus``/``--memory`` on a container here: as root, or
+    as a user with cgroups v2 (unified) and a systemd user session to delegate from."""
+    if os.geteuid() == 0:
+        return True
+    unified = Path("/sys/fs/cgroup/cgroup.controllers").exists()
+    return unified and bool(os.environ.get("DBUS_SESSION_BUS_ADDRESS") or os.environ.get("XDG_RUNTIME_DIR"))
+
+
+def choose_enforcement(wanted: str = "auto") -> str:
+    """``"cgroup"`` or ``"affinity+rlimit"``: ``wanted``, or for ``"auto"`` the best available."""
+    if wanted == "auto":
+        return CGROUP if cgroup_limits_available() else RLIMIT
+    if wanted not in (CGROUP, RLIMIT):
+        raise ValueError(f"limits must be 'auto', {CGROUP!r} or {RLIMIT!r}, not {wanted!r}")
+    return wanted
+
+
+class LimitedRuntime:
+    """A runtime that starts containers inside an allocation's limits.
+
+    Args:
+        base: the runtime to wrap.
+        allocation: what the container may use; memory 0 means no memory limit.
+        enforcement: ``"cgroup"`` or ``"affinity+rlimit"`` (see the module docstring).
+    """
+
+    def __init__(self, base: Apptainer, allocation: Allocation, enforcement: str) -> None:
+        if shutil.which("taskset") is None:
+            raise RuntimeNotAvailable("taskset is not on PATH; install util-linux to limit containers")
+        self.base = base
+        self.allocation = allocation
+        self.enforcement = enforcement
+
+    def command(
+        self,
+        image: str,
+        argv: Sequence[str],
+        binds: Sequence[tuple[str, str, str]] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> list[str]:
+        """The base runtime's argv, wrapped in the allocation's limits."""
+        allocation = self.allocation
+        env = dict(env or {})
+        if allocation.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(allocation.gpus)
+        cmd = self.base.command(image, argv, binds, env)
+        flags = ["--nv"] if allocation.gpus else []
+        prefix = ["taskset", "-c", ",".join(map(str, allocation.cpu_ids))]
+        if self.enforcement == CGROUP:
+            if allocation.cpus:
+                flags += ["--cpus", f"{allocation.cpus:g}"]
+            if allocation.memory:
+                flags += ["--memory", str(allocation.memory)]
+        return [*prefix, cmd[0], cmd[1], *flags, *cmd[2:]]
+
+
+def limit_address_space(pid: int, memory: int) -> None:
+    """Cap the address space of process ``pid`` (a container's server; what it starts
+    inherits the cap) at ``memory`` bytes: ``RLIMIT_AS``, as ``prlimit --as`` does."""
+    psutil.Process(pid).rlimit(psutil.RLIMIT_AS, (memory, memory))
+
+
+def _cgroups(pid: int | str) -> dict[str, Path]:
+    """Controller → cgroup folder of a process, from ``/proc/<pid>/cgroup``."""
+    found = {}
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        base = Path("/sys/fs/cgroup", controllers.removeprefix("name="))  # v2: controllers == ""
+        found[controllers] = base / path.lstrip("/")
+    return found
+
+
+def container_cgroups(pid: int) -> list[Path]:
+    """The cgroup folders a container process is in that this process is not in (read
+    while it runs, for :func:`remove_cgroups` after it ends)."""
+    try:
+        theirs, ours = _cgroups(pid), _cgroups("self")
+    except OSError:
+        return []
+    return [path for key, path in theirs.items() if path != ours.get(key) and path.is_dir()]
+
+
+def remove_cgroups(paths: list[Path], wait: float = 5.0) -> list[Path]:
+    """Remove the cgroup folders of an exited container, waiting up to ``wait`` seconds for
+    its last processes to leave them (the kernel refuses to remove a cgroup with processes
+    in it, so this never touches a live container). Returns those left."""
+    deadline = time.monotonic() + wait
+    left = list(paths)
+    while left:
+        for path in list(left):
+            try:
+                path.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError:
+                continue
+            left.remove(path)
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    return left

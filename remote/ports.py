@@ -1,0 +1,104 @@
+"""Port leases: TCP ports on 127.0.0.1 that no two workers on this host get at once.
+
+A lease is a row in the record, taken in one transaction after a bind proved the port
+free; it is released on stop and reclaimed when its owner process is gone. Ports come
+from ``REMOTE_PORT_RANGE`` (default 20000-32767, below Linux's ephemeral range, so a
+socket bound to port 0 elsewhere does not land on a leased port).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import socket
+import time
+from dataclasses import dataclass
+
+from .errors import ResourceUnavailable
+from .record import Owner, Record, reclaim_dead_owners
+
+DEFAULT_RANGE = (20000, 32767)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def instance_name(prefix: str, worker_id: int | str) -> str:
+    """``<prefix>-<worker_id>``: the name of a worker's container, ports and files."""
+    name = f"{prefix}-{worker_id}"
+    if not _NAME.match(name):
+        raise ValueError(f"instance name {name!r}: use letters, digits, '_', '.', '-' (at most 63)")
+    return name
+
+
+def port_range() -> tuple[int, int]:
+    """The ports leases come from: ``$REMOTE_PORT_RANGE`` ("LOW-HIGH") or 20000-32767."""
+    text = os.environ.get("REMOTE_PORT_RANGE")
+    if not text:
+        return DEFAULT_RANGE
+    low, _, high = text.partition("-")
+    try:
+        bounds = int(low), int(high)
+    except ValueError:
+        raise ValueError(f"REMOTE_PORT_RANGE={text!r}: expected LOW-HIGH, e.g. 20000-32767") from None
+    if not 1024 <= bounds[0] <= bounds[1] <= 65535:
+        raise ValueError(f"REMOTE_PORT_RANGE={text!r}: need 1024 <= LOW <= HIGH <= 65535")
+    return bounds
+
+
+def is_free(port: int) -> bool:
+    """True if nothing is bound to ``port`` on 127.0.0.1 (checked by binding it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class PortLease:
+    """A leased port; ``name`` says whose it is (an :func:`instance_name`)."""
+
+    port: int
+    name: str
+
+
+def lease_ports(record: Record, name: str, count: int = 1) -> list[PortLease]:
+    """Lease ``count`` ports for ``name``, owned by this process until :func:`release_ports`.
+
+    Raises:
+        ResourceUnavailable: the range has fewer than ``count`` free ports.
+    """
+    low, high = port_range()
+    owner = Owner.current()
+    with record.transaction() as db:
+        reclaim_dead_owners(db, "port_leases")
+        leased = {row[0] for row in db.execute("SELECT port FROM port_leases")}
+        start = random.randint(low, high)
+        found: list[int] = []
+        for offset in range(high - low + 1):
+            port = low + (start - low + offset) % (high - low + 1)
+            if port not in leased and is_free(port):
+                found.append(port)
+                if len(found) == count:
+                    break
+        if len(found) < count:
+            raise ResourceUnavailable(
+                f"not enough free ports: {count} wanted, {len(found)} free in {low}-{high} "
+                f"({len(leased)} leased); stop idle workers or widen REMOTE_PORT_RANGE"
+            )
+        now = time.time()
+        db.executemany(
+            "INSERT INTO port_leases (port, name, owner_pid, owner_started, created) VALUES (?, ?, ?, ?, ?)",
+            [(port, name, owner.pid, owner.started, now) for port in found],
+        )
+    return [PortLease(port, name) for port in found]
+
+
+def release_ports(record: Record, leases: list[PortLease]) -> None:
+    """Give leased ports back."""
+    with record.transaction() as db:
+        db.executemany(
+            "DELETE FROM port_leases WHERE port = ? AND name = ?",
+            [(lease.port, lease.name) for lease in leases],
+        )

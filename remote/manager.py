@@ -325,7 +325,7 @@ class ContainerManager:
             **runner_options: more :class:`remote.RemoteRunner` options (timeout, env, binds...).
         """
         name = instance_name(self.prefix, worker_id)
-        path = resolve_image(image)
+        path = resolve_image(image).path
         with self._lock:
             if name in self._containers and self._containers[name].state is not State.DELETED:
                 raise IllegalTransition(

@@ -100,7 +100,7 @@ def boxes(draw) -> spaces.Box:
     dtype = draw(BOX_DTYPES)
     shape = draw(SHAPES)
     if np.issubdtype(dtype, np.integer):
-        low = draw(st.integers(-5, 5))
+        low = draw(st.integers(0 if np.issubdtype(dtype, np.unsignedinteger) else -5, 5))
         return spaces.Box(low, low + draw(st.integers(0, 10)), shape, dtype)
     unbounded = draw(st.booleans())
     return spaces.Box(-np.inf if unbounded else -1.0, np.inf if unbounded else 2.0, shape, dtype)

@@ -32,9 +32,8 @@ from .errors import (
     VersionMismatch,
     remote_exception,
 )
-from .image import resolve_image
 from .payload import BOOTSTRAP, payload_dir
-from .runtime import Apptainer, ServerProcess
+from .runtime import Runtime, ServerProcess, get_runtime
 
 #: Seconds a call may take before :class:`CallTimeout`; ``$REMOTE_TIMEOUT`` overrides it.
 DEFAULT_TIMEOUT = float(os.environ.get("REMOTE_TIMEOUT", "300"))
@@ -51,8 +50,10 @@ class RemoteRunner:
     """A container running the remote server, and the environments created in it.
 
     Args:
-        image: path of an Apptainer image (``.sif`` file or sandbox folder) that has Python,
-            numpy and gymnasium; what the server needs beyond that is brought in at start.
+        image: what the runtime runs, with Python, numpy and gymnasium (what the server needs
+            beyond that is brought in at start): for Apptainer a ``.sif`` file or sandbox
+            folder, for ``"process"`` a Python executable (``.venv/bin/python``), for Podman
+            and Docker an image name.
         transport: ``"unix"`` (default): unix sockets in an owner-only folder; ``"tcp"``:
             ports on 127.0.0.1, allocated by the server. Both require the session secret.
         python: the Python executable inside the image.
@@ -60,9 +61,11 @@ class RemoteRunner:
         start_timeout: seconds the container may take to start and answer.
         env: variables set in the container (the host's environment is not passed in).
         binds: more folders for the container, ``"src"`` or ``"src:dest[:ro]"``.
-        runtime: the container runtime; default :class:`remote.runtime.Apptainer`.
+        runtime: ``"apptainer"`` (default), ``"singularity"``, ``"process"``, ``"podman"``,
+            ``"docker"`` or a :class:`remote.runtime.Runtime`; default ``$REMOTE_RUNTIME``.
 
-    The container is one supervised ``apptainer exec`` process (see :mod:`remote.runtime`).
+    The server is one supervised process (``apptainer exec``, ``podman run``, or the Python
+    itself for ``"process"``; see :mod:`remote.runtime`).
     ``close()`` (or leaving the ``with`` block, or interpreter exit) stops it and removes its
     sockets; if the host process is killed, the server sees its stdin close and exits.
 
@@ -83,16 +86,16 @@ class RemoteRunner:
         start_timeout: float = DEFAULT_START_TIMEOUT,
         env: Mapping[str, str] | None = None,
         binds: Sequence[str] = (),
-        runtime: Apptainer | None = None,
+        runtime: str | Runtime | None = None,
     ) -> None:
         if transport not in ("unix", "tcp"):
             raise ValueError(f"transport must be 'unix' or 'tcp', not {transport!r}")
         if not timeout > 0 or not start_timeout > 0:
             raise ValueError("timeout and start_timeout must be positive numbers of seconds")
-        self.image = resolve_image(image)
+        self._runtime = get_runtime(runtime)
+        self.image = self._runtime.resolve_image(image)
         self.transport = transport
         self.timeout = float(timeout)
-        self._runtime = runtime or Apptainer()
         self._clients: set[RemoteEnvironmentClient] = set()
         self._lock = threading.RLock()
         self._closed = False
@@ -105,21 +108,28 @@ class RemoteRunner:
             _write_private(self.run_dir / "secret", self._secret)
             _write_private(self.run_dir / "config.json", json.dumps({"transport": transport}))
             payload = str(payload_dir())
+            name = f"remote-{self.run_dir.name}"
             argv = self._runtime.command(
                 self.image,
-                [python, "-c", BOOTSTRAP, payload, str(self.run_dir)],
+                python,
+                ["-c", BOOTSTRAP, payload, str(self.run_dir)],
                 binds=[
                     (str(self.run_dir), str(self.run_dir), "rw"),
                     (payload, payload, "ro"),
                     *(_parse_bind(b) for b in binds),
                 ],
                 env={"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", **(env or {})},
+                name=name,
             )
             self._log_path = Path(tempfile.mkstemp(prefix="remote-", suffix=".log")[1])
             with _live_lock:
                 _live.add(self)
             self._process = ServerProcess(
-                argv, self._log_path, on_exit=self._on_exit, remove_on_exit=self.run_dir
+                argv,
+                self._log_path,
+                on_exit=self._on_exit,
+                remove_on_exit=self.run_dir,
+                cleanup=lambda: self._runtime.cleanup(name),
             )
             ready = self._wait_ready(start_timeout)
             self._connect(ready)
@@ -331,17 +341,19 @@ def make(
     image: str | os.PathLike[str],
     transport: str = "unix",
     timeout: float = DEFAULT_TIMEOUT,
+    runtime: str | Runtime | None = None,
     **env_kwargs: Any,
 ) -> RemoteEnvironmentClient:
     """Start a container from ``image`` and create ``env_id`` in it: one line, one env.
 
-    Closing the env stops its container. ``env_kwargs`` go to the env's constructor.
+    Closing the env stops its container. ``runtime`` is as for :class:`RemoteRunner`;
+    ``env_kwargs`` go to the env's constructor.
 
     Example::
 
         env = remote.make("CartPole-v1", image="gymnasium.sif")
     """
-    runner = RemoteRunner(image, transport=transport, timeout=timeout)
+    runner = RemoteRunner(image, transport=transport, timeout=timeout, runtime=runtime)
     try:
         return runner._make(env_id, env_kwargs, owns_runner=True)
     except BaseException:

@@ -297,9 +297,9 @@ def _last_line(text: str) -> str:
 SWEEPER = """
 cat >/dev/null
 n=0
-while kill -0 -- "-$2" 2>/dev/null; do
+while kill -s 0 -- "-$2" 2>/dev/null; do
   n=$((n + 1))
-  if [ "$n" -gt 30 ]; then kill -KILL -- "-$2" 2>/dev/null; break; fi
+  if [ "$n" -gt 30 ]; then kill -s KILL -- "-$2" 2>/dev/null; break; fi
   sleep 0.1
 done
 exec rm -rf -- "$1"

@@ -73,3 +73,22 @@ class FaultyEnv(gym.Env):
             raise KeyError("missing")
         self.count += 1
         return np.array([self.count], dtype=np.float32), 1.0, False, False, {}
+
+
+class SpawningEnv(gym.Env):
+    """Starts a long-lived child process (as some simulators do): it must not outlive the server."""
+
+    observation_space = spaces.Box(0.0, 1.0, (1,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self) -> None:
+        import subprocess
+
+        self.child = subprocess.Popen(["sleep", "300"])
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(1, np.float32), 0.0, False, False, {}

@@ -299,8 +299,8 @@ cat >/dev/null
 n=0
 while kill -s 0 -- "-$2" 2>/dev/null; do
   n=$((n + 1))
-  if [ "$n" -gt 30 ]; then kill -s KILL -- "-$2" 2>/dev/null; break; fi
-  sleep 0.1
+  if [ "$n" -gt 150 ]; then kill -s KILL -- "-$2" 2>/dev/null; break; fi
+  sleep 0.02
 done
 exec rm -rf -- "$1"
 """

@@ -5,8 +5,9 @@
 #   3. the test images in .images/ (scripts/build-test-images.sh; needs root),
 #   4. for the process runtime, two venvs with conflicting numpy versions: .venvs/envA
 #      (numpy 1.x) and .venvs/envB (numpy 2.x), each with gymnasium 1.x,
-#   5. Podman and the OCI test image remote-test:latest for the podman runtime
-#      (scripts/install-podman.sh, scripts/build-oci-image.sh; as root only, ~20 s).
+#   5. Podman and Docker (a dockerd is started if none runs) and the OCI test image
+#      remote-test:latest in each, for the podman and docker runtimes
+#      (scripts/install-podman.sh, install-docker.sh, build-oci-image.sh; as root, ~45 s).
 # Reruns take seconds. Environment: PYTHON (default python3) creates the venvs.
 set -Eeuo pipefail
 REPO=$(cd "$(dirname "$(readlink -f "$0")")/.." && pwd)
@@ -50,8 +51,10 @@ test_venv envA "numpy<2" "gymnasium>=1"
 test_venv envB "numpy>=2" "gymnasium>=1"
 
 if [ "$(id -u)" -eq 0 ]; then
-  log "Podman and the OCI test image"
+  log "Podman, Docker and the OCI test image"
   bash scripts/install-podman.sh
+  bash scripts/install-docker.sh
   bash scripts/build-oci-image.sh
+  ENGINE=docker bash scripts/build-oci-image.sh
 fi
 log "done in $(( $(date +%s) - t0 )) s"

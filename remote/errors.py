@@ -49,7 +49,7 @@ class ChecksumMismatch(RemoteError):
 
 
 class RuntimeNotAvailable(RemoteError):
-    """The container runtime (Apptainer) is missing or cannot run here."""
+    """The runtime (Apptainer, Podman, Docker) is missing or cannot run here."""
 
 
 class ContainerStartError(RemoteError):

@@ -65,9 +65,6 @@ class Runtime(ABC):
         default nothing does."""
         return None
 
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} runtime>"
-
 
 def get_runtime(runtime: str | Runtime | None = None) -> Runtime:
     """The runtime for ``runtime``: an instance, a name in :data:`RUNTIMES`, or None for
@@ -141,8 +138,8 @@ class Apptainer(Runtime):
 class Process(Runtime):
     """No container: the server runs as a plain process of the host, with the Python
     interpreter given as the image, e.g. a venv's ``bin/python`` or a conda env's
-    ``bin/python``, with its own package versions. Starts fastest: the inner loop for
-    developing an env.
+    ``bin/python``, with its own package versions (``python=`` of the runner is not used:
+    the image is the interpreter). Starts fastest: the inner loop for developing an env.
 
     There is no mount namespace (a bind must keep its path; ``ro`` is not enforced) and no
     PID namespace: the server runs in its own process group, killed as a whole once the

@@ -84,7 +84,7 @@ class UnknownExperiment(RemoteError, KeyError):
 
 
 class RuntimeNotAvailable(RemoteError):
-    """The container runtime (Apptainer) is missing or cannot run here."""
+    """The runtime (Apptainer, Podman, Docker) is missing or cannot run here."""
 
 
 class ContainerStartError(RemoteError):

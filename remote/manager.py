@@ -32,7 +32,6 @@ import psutil
 from .allocator import Allocation, ResourceAllocator, parse_size
 from .client import RemoteEnvironmentClient
 from .errors import CallTimeout, ContainerDied, IllegalTransition, OutOfMemory
-from .image import resolve_image
 from .limits import (
     CGROUP,
     NONE,
@@ -46,7 +45,7 @@ from .limits import (
 from .ports import PortLease, instance_name, lease_ports, release_ports
 from .record import Owner, Record
 from .runner import RemoteRunner
-from .runtime import Apptainer
+from .runtime import Apptainer, get_runtime
 
 #: Exit status of ``apptainer exec`` when the kernel killed the container (128 + SIGKILL).
 KILLED_STATUS = 128 + signal.SIGKILL
@@ -325,7 +324,7 @@ class ContainerManager:
             **runner_options: more :class:`remote.RemoteRunner` options (timeout, env, binds...).
         """
         name = instance_name(self.prefix, worker_id)
-        path = resolve_image(image).path
+        path = get_runtime(runner_options.get("runtime")).resolve_image(image).path
         with self._lock:
             if name in self._containers and self._containers[name].state is not State.DELETED:
                 raise IllegalTransition(

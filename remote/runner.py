@@ -34,9 +34,8 @@ from .errors import (
     remote_exception,
 )
 from .experiments import resolve as resolve_experiment
-from .image import resolve_image
 from .payload import BOOTSTRAP, payload_dir
-from .runtime import Apptainer, ServerProcess
+from .runtime import Runtime, ServerProcess, get_runtime
 
 #: Seconds a call may take before :class:`CallTimeout`; ``$REMOTE_TIMEOUT`` overrides it.
 DEFAULT_TIMEOUT = float(os.environ.get("REMOTE_TIMEOUT", "300"))
@@ -55,10 +54,12 @@ class RemoteRunner:
     """A container running the remote server, and the environments created in it.
 
     Args:
-        image: an Apptainer image with Python, numpy and gymnasium (what the server needs
-            beyond that is brought in at start): a ``.sif`` path or sandbox folder, an
-            ``https://`` URL with its sha256, a ``docker://``/``oras://``/``library://``
-            reference, or a ``.def`` recipe; see :func:`remote.image.resolve_image`.
+        image: what the runtime runs, with Python, numpy and gymnasium (what the server needs
+            beyond that is brought in at start). For Apptainer: a ``.sif`` path or sandbox
+            folder, an ``https://`` URL with its sha256, a ``docker://``/``oras://``/
+            ``library://`` reference, or a ``.def`` recipe (see :func:`remote.image.resolve_image`);
+            for ``"process"`` a Python executable (``.venv/bin/python``); for Podman and Docker
+            an image name.
         experiment: instead of ``image``, an experiment id pinned in the experiments lock
             file (see :mod:`remote.experiments`); its image must have the pinned sha256.
         experiments: the lock file for ``experiment`` (default ``$REMOTE_EXPERIMENTS`` or
@@ -71,11 +72,13 @@ class RemoteRunner:
         start_timeout: seconds the container may take to start and answer.
         env: variables set in the container (the host's environment is not passed in).
         binds: more folders for the container, ``"src"`` or ``"src:dest[:ro]"``.
-        runtime: the container runtime; default :class:`remote.runtime.Apptainer`.
+        runtime: ``"apptainer"`` (default), ``"singularity"``, ``"process"``, ``"podman"``,
+            ``"docker"`` or a :class:`remote.runtime.Runtime`; default ``$REMOTE_RUNTIME``.
         ports: with ``transport="tcp"``, the (control, stream) ports to serve on (e.g. leased
             with :func:`remote.ports.lease_ports`); default: ports the server picks.
 
-    The container is one supervised ``apptainer exec`` process (see :mod:`remote.runtime`).
+    The server is one supervised process (``apptainer exec``, ``podman run``, or the Python
+    itself for ``"process"``; see :mod:`remote.runtime`).
     ``close()`` (or leaving the ``with`` block, or interpreter exit) stops it and removes its
     sockets; if the host process is killed, the server sees its stdin close and exits.
 
@@ -99,7 +102,7 @@ class RemoteRunner:
         start_timeout: float = DEFAULT_START_TIMEOUT,
         env: Mapping[str, str] | None = None,
         binds: Sequence[str] = (),
-        runtime: Apptainer | None = None,
+        runtime: str | Runtime | None = None,
         ports: tuple[int, int] | None = None,
     ) -> None:
         if transport not in ("unix", "tcp"):
@@ -110,16 +113,16 @@ class RemoteRunner:
             raise ValueError("timeout and start_timeout must be positive numbers of seconds")
         if (image is None) == (experiment is None):
             raise ValueError("give exactly one of image= and experiment=")
+        self._runtime = get_runtime(runtime)
         if experiment is not None:
             resolved = resolve_experiment(experiment, experiments)
         else:
-            resolved = resolve_image(image, sha256=sha256)  # type: ignore[arg-type]
+            resolved = self._runtime.resolve_image(image, sha256=sha256)  # type: ignore[arg-type]
         self.image = resolved.path
-        #: sha256 of the image file (None for a sandbox folder).
+        #: sha256 of the image file (None where the runtime has no image file).
         self.image_sha256 = resolved.sha256
         self.transport = transport
         self.timeout = float(timeout)
-        self._runtime = runtime or Apptainer()
         self._clients: set[RemoteEnvironmentClient] = set()
         self._lock = threading.RLock()
         self._closed = False
@@ -132,21 +135,28 @@ class RemoteRunner:
             _write_private(self.run_dir / "secret", self._secret)
             _write_private(self.run_dir / "config.json", json.dumps({"transport": transport, "ports": ports}))
             payload = str(payload_dir())
+            name = f"remote-{self.run_dir.name}"
             argv = self._runtime.command(
                 self.image,
-                [python, "-c", BOOTSTRAP, payload, str(self.run_dir)],
+                python,
+                ["-c", BOOTSTRAP, payload, str(self.run_dir)],
                 binds=[
                     (str(self.run_dir), str(self.run_dir), "rw"),
                     (payload, payload, "ro"),
                     *(_parse_bind(b) for b in binds),
                 ],
                 env={"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", **(env or {})},
+                name=name,
             )
             self._log_path = Path(tempfile.mkstemp(prefix="remote-", suffix=".log")[1])
             with _live_lock:
                 _live.add(self)
             self._process = ServerProcess(
-                argv, self._log_path, on_exit=self._on_exit, remove_on_exit=self.run_dir
+                argv,
+                self._log_path,
+                on_exit=self._on_exit,
+                remove_on_exit=self.run_dir,
+                cleanup=lambda: self._runtime.cleanup(name),
             )
             ready = self._wait_ready(start_timeout)
             self._connect(ready)
@@ -379,17 +389,20 @@ def make(
     experiment: str | None = None,
     transport: str = "unix",
     timeout: float = DEFAULT_TIMEOUT,
+    runtime: str | Runtime | None = None,
     **env_kwargs: Any,
 ) -> RemoteEnvironmentClient:
     """Start a container from ``image`` and create ``env_id`` in it: one line, one env.
 
-    Closing the env stops its container. ``env_kwargs`` go to the env's constructor.
+    Closing the env stops its container. ``runtime`` is as for :class:`RemoteRunner`;
+    ``env_kwargs`` go to the env's constructor.
 
     Example::
 
         env = remote.make("CartPole-v1", image="gymnasium.sif")
     """
-    runner = RemoteRunner(image, experiment=experiment, transport=transport, timeout=timeout)
+    runner = RemoteRunner(image, experiment=experiment, transport=transport, timeout=timeout,
+                          runtime=runtime)
     try:
         return runner._make(env_id, env_kwargs, owns_runner=True)
     except BaseException:

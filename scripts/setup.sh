@@ -2,8 +2,13 @@
 # setup.sh - everything remote needs on a fresh Debian 12 machine, idempotent:
 #   1. Apptainer (scripts/install-apptainer.sh; needs root),
 #   2. a virtual environment .venv with remote and its dev tools (pip install -e .[dev]),
-#   3. the test images in .images/ (scripts/build-test-images.sh; needs root).
-# Reruns take seconds. Environment: PYTHON (default python3) creates the venv.
+#   3. the test images in .images/ (scripts/build-test-images.sh; needs root),
+#   4. for the process runtime, two venvs with conflicting numpy versions: .venvs/envA
+#      (numpy 1.x) and .venvs/envB (numpy 2.x), each with gymnasium 1.x,
+#   5. Podman and Docker (a dockerd is started if none runs) and the OCI test image
+#      remote-test:latest in each, for the podman and docker runtimes
+#      (scripts/install-podman.sh, install-docker.sh, build-oci-image.sh; as root, ~45 s).
+# Reruns take seconds. Environment: PYTHON (default python3) creates the venvs.
 set -Eeuo pipefail
 REPO=$(cd "$(dirname "$(readlink -f "$0")")/.." && pwd)
 cd "$REPO"
@@ -31,5 +36,25 @@ if [ "$(id -u)" -eq 0 ]; then
   bash scripts/build-test-images.sh
 else
   [ -s .images/gymnasium.sif ] || { log "building images needs root (scripts/build-test-images.sh)"; exit 1; }
+fi
+
+# test_venv NAME REQUIREMENT...: a venv without pip of its own, filled by .venv's pip
+# (pip --python), so it uses the same pip settings; skipped when it already imports.
+test_venv() {
+  local dir=.venvs/$1; shift
+  if [ -x "$dir/bin/python" ] && "$dir/bin/python" -c "import numpy, gymnasium" 2>/dev/null; then return; fi
+  log "creating $dir ($*)"
+  "${PYTHON:-python3}" -m venv --clear --without-pip "$dir"
+  .venv/bin/python -m pip --python "$dir/bin/python" install -q --disable-pip-version-check "$@"
+}
+test_venv envA "numpy<2" "gymnasium>=1"
+test_venv envB "numpy>=2" "gymnasium>=1"
+
+if [ "$(id -u)" -eq 0 ]; then
+  log "Podman, Docker and the OCI test image"
+  bash scripts/install-podman.sh
+  bash scripts/install-docker.sh
+  bash scripts/build-oci-image.sh
+  ENGINE=docker bash scripts/build-oci-image.sh
 fi
 log "done in $(( $(date +%s) - t0 )) s"

@@ -1,18 +1,33 @@
 """Shared fixtures. Tests that need Apptainer and the test images skip on a machine
-without them, and fail instead when CI=true: in CI they must run."""
+without them, and fail instead when CI=true: in CI they must run.
+
+``runtime`` parametrises a test over every runtime. ``apptainer`` and ``process`` must run
+in CI; ``podman`` and ``docker`` are skipped, with the reason, where they cannot run, unless
+named in ``$REMOTE_TEST_REQUIRE`` (comma-separated; .ci/run requires podman)."""
 
 from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+import remote
+from remote.runtime import get_runtime
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = Path(os.environ.get("REMOTE_TEST_IMAGES", ROOT / ".images"))
 TEST_ENVS = Path(__file__).resolve().parent / "envs"
 IN_CI = os.environ.get("CI", "").lower() == "true"
+#: Virtual environments for the process runtime (scripts/setup.sh makes them).
+VENVS = Path(os.environ.get("REMOTE_TEST_VENVS", ROOT / ".venvs"))
+#: The OCI test image for podman/docker (scripts/build-oci-image.sh).
+OCI_IMAGE = "remote-test:latest"
+RUNTIMES = ["apptainer", "process", "podman", "docker"]
+REQUIRED = {"apptainer", "process", *filter(None, os.environ.get("REMOTE_TEST_REQUIRE", "").split(","))}
 
 
 def _need(what: str, ok: bool) -> None:
@@ -57,5 +72,44 @@ def legacy_image(apptainer: str) -> str:
 
 @pytest.fixture(scope="session")
 def test_env_options() -> dict:
-    """RemoteRunner options that make tests/envs importable inside the container."""
-    return {"binds": [f"{TEST_ENVS}:/opt/testenvs:ro"], "env": {"PYTHONPATH": "/opt/testenvs"}}
+    """RemoteRunner options that make tests/envs importable by the server (at the same
+    path as on the host, which every runtime, the process runtime too, can do)."""
+    return {"binds": [f"{TEST_ENVS}:{TEST_ENVS}:ro"], "env": {"PYTHONPATH": str(TEST_ENVS)}}
+
+
+@dataclass(frozen=True)
+class Target:
+    """A runtime and the test image it runs."""
+
+    runtime: str
+    image: str
+
+    def runner(self, **options: Any) -> remote.RemoteRunner:
+        return remote.RemoteRunner(self.image, runtime=self.runtime, **options)
+
+    def make(self, env_id: str, **kwargs: Any) -> remote.RemoteEnvironmentClient:
+        return remote.make(env_id, image=self.image, runtime=self.runtime, **kwargs)
+
+
+TEST_IMAGES = {
+    "apptainer": str(IMAGES / "gymnasium.sif"),
+    "process": str(VENVS / "envA" / "bin" / "python"),
+    "podman": OCI_IMAGE,
+    "docker": OCI_IMAGE,
+}
+
+
+@pytest.fixture(scope="session", params=RUNTIMES)
+def runtime(request) -> Target:
+    """Each runtime with its test image; see the module docstring for when one is skipped."""
+    name = request.param
+    try:
+        image = get_runtime(name).resolve_image(TEST_IMAGES[name])
+    except remote.RemoteError as exc:
+        reason = f"{name} runtime not available: {exc}"
+        if isinstance(exc, remote.ImageNotFound):
+            reason += " (scripts/setup.sh prepares the test images)"
+        if name in REQUIRED and IN_CI:
+            pytest.fail(f"CI=true: {reason}", pytrace=False)
+        pytest.skip(reason)
+    return Target(name, image)

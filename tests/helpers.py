@@ -63,3 +63,32 @@ def lease_at_once(path: str, worker: int, barrier, ports, done) -> None:
     (lease,) = lease_ports(record, instance_name("w", worker))
     ports.put(lease.port)
     done.wait(60)
+
+
+def server_pid(runner) -> int:
+    """Host pid of the python server process (a container's PID 1 or init is not it; under
+    Podman the server is no descendant of the runner's process, so search them all)."""
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ours = b"remote.server" in b" ".join(argv) and str(runner.run_dir).encode() in argv
+        if ours and Path(argv[0].decode()).name.startswith("python"):
+            return int(entry.name)
+    raise AssertionError("server process not found")
+
+
+def container_exists(runner) -> bool:
+    """True if the podman/docker container of ``runner`` still exists (after 5 s of grace)."""
+    runtime = runner._runtime
+    if runtime.name not in ("podman", "docker"):
+        return False
+    name = f"remote-{runner.run_dir.name}"
+    deadline = time.monotonic() + 5
+    while True:
+        ps = [runtime.executable, "ps", "-a", "-q", "--filter", f"name=^{name}$"]
+        out = subprocess.run(ps, capture_output=True, text=True)
+        if not out.stdout.strip() or time.monotonic() > deadline:
+            return bool(out.stdout.strip())
+        time.sleep(0.1)

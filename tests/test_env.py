@@ -1,4 +1,4 @@
-"""A remote env behaves as the local env it mirrors (real containers)."""
+"""A remote env behaves as the local env it mirrors, on every runtime (the conformance suite)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import remote
 
 
 @pytest.fixture(scope="module")
-def runner(image, test_env_options):
-    with remote.RemoteRunner(image, **test_env_options) as r:
+def runner(runtime, test_env_options):
+    with runtime.runner(**test_env_options) as r:
         yield r
 
 
@@ -118,7 +118,7 @@ def test_wrappers(runner):
     wrapped.close()
 
 
-def test_sync_vector_env(runner, image):
+def test_sync_vector_env(runner):
     vec = gym.vector.SyncVectorEnv([lambda: runner.make("CartPole-v1") for _ in range(3)])
     obs, _ = vec.reset(seed=[1, 2, 3])
     assert obs.shape == (3, 4) and obs.dtype == np.float32
@@ -172,8 +172,8 @@ def test_closed_env_says_so(runner):
         env.reset()
 
 
-def test_make_one_liner_and_versions_from_inside(image):
-    env = remote.make("CartPole-v1", image=image)
+def test_make_one_liner_and_versions_from_inside(runtime):
+    env = runtime.make("CartPole-v1")
     try:
         info = env.runner.info
         assert info["protocol"] == 1 and info["gymnasium"] and info["numpy"]

@@ -109,3 +109,22 @@ class MemoryHog(gym.Env):
             self.held.append(np.ones(self.megabytes * 2**20, dtype=np.uint8))
         held = float(sum(block.nbytes for block in self.held) / 2**20)
         return np.array([held], dtype=np.float32), 0.0, False, False, {}
+
+
+class SpawningEnv(gym.Env):
+    """Starts a long-lived child process (as some simulators do): it must not outlive the server."""
+
+    observation_space = spaces.Box(0.0, 1.0, (1,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self) -> None:
+        import subprocess
+
+        self.child = subprocess.Popen(["sleep", "300"])
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(1, np.float32), 0.0, False, False, {}

@@ -38,7 +38,6 @@ from pathlib import Path
 from . import cache
 from .download import download, normalize_sha256, published_sha256, split_checksum
 from .errors import CacheError, ChecksumMismatch, ImageBuildError, ImageNotFound, ImagePullError
-from .runtime import Apptainer
 
 #: Sources that ``apptainer pull`` understands.
 PULL_PREFIXES = ("docker://", "oras://", "library://", "docker-archive:", "oci-archive:")
@@ -125,6 +124,8 @@ def _resolve_url(text: str, expected: str | None) -> Image:
 
 def _resolve_pull(text: str, expected: str | None) -> Image:
     name = re.sub(r"^[a-z-]+:(//)?", "", text).rstrip("/").rpartition("/")[2]
+    from .runtime import Apptainer  # not at the top: runtime.py imports this module
+
     argv = [Apptainer().executable, "pull", "--force"]
     return _produce(
         text, name, expected, lambda out: _run([*argv, str(out), text], ImagePullError, f"pulling {text}")
@@ -134,6 +135,8 @@ def _resolve_pull(text: str, expected: str | None) -> Image:
 def _resolve_recipe(recipe: Path, expected: str | None, build_args: dict[str, str]) -> Image:
     recipe = recipe.resolve()
     # lz4: builds several times faster than the default gzip and starts faster; files are larger
+    from .runtime import Apptainer  # not at the top: runtime.py imports this module
+
     argv = [Apptainer().executable, "build", "--force", "--mksquashfs-args", "-comp lz4"]
     if os.geteuid() != 0:
         argv.append("--fakeroot")

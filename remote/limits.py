@@ -26,7 +26,8 @@ import psutil
 
 from .allocator import Allocation
 from .errors import RuntimeNotAvailable
-from .runtime import Apptainer
+from .image import Image
+from .runtime import Bind, Runtime
 
 CGROUP = "cgroup"
 RLIMIT = "affinity+rlimit"
@@ -51,43 +52,55 @@ def choose_enforcement(wanted: str = "auto") -> str:
     return wanted
 
 
-class LimitedRuntime:
+class LimitedRuntime(Runtime):
     """A runtime that starts containers inside an allocation's limits.
 
     Args:
         base: the runtime to wrap.
         allocation: what the container may use; memory 0 means no memory limit.
-        enforcement: ``"cgroup"`` or ``"affinity+rlimit"`` (see the module docstring).
+        enforcement: ``"cgroup"`` or ``"affinity+rlimit"`` (see the module docstring); the
+            ``process`` runtime has no cgroup flags, so it is always pinned and rlimited.
     """
 
-    def __init__(self, base: Apptainer, allocation: Allocation, enforcement: str) -> None:
+    def __init__(self, base: Runtime, allocation: Allocation, enforcement: str) -> None:
         if shutil.which("taskset") is None:
             raise RuntimeNotAvailable("taskset is not on PATH; install util-linux to limit containers")
         self.base = base
+        self.name = base.name  # type: ignore[misc]
         self.allocation = allocation
         self.enforcement = enforcement
+
+    def resolve_image(self, image: str | os.PathLike[str], sha256: str | None = None) -> Image:
+        return self.base.resolve_image(image, sha256)
+
+    def cleanup(self, name: str) -> None:
+        self.base.cleanup(name)
 
     def command(
         self,
         image: str,
-        argv: Sequence[str],
-        binds: Sequence[tuple[str, str, str]] = (),
+        python: str,
+        args: Sequence[str],
+        binds: Sequence[Bind] = (),
         env: Mapping[str, str] | None = None,
+        name: str = "",
     ) -> list[str]:
         """The base runtime's argv, wrapped in the allocation's limits."""
         allocation = self.allocation
         env = dict(env or {})
         if allocation.gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(allocation.gpus)
-        cmd = self.base.command(image, argv, binds, env)
-        flags = ["--nv"] if allocation.gpus else []
+        cmd = self.base.command(image, python, args, binds, env, name)
         prefix = ["taskset", "-c", ",".join(map(str, allocation.cpu_ids))]
+        if self.base.name == "process":
+            return [*prefix, *cmd]
+        flags = ["--nv"] if allocation.gpus and self.base.name == "apptainer" else []
         if self.enforcement == CGROUP:
             if allocation.cpus:
                 flags += ["--cpus", f"{allocation.cpus:g}"]
             if allocation.memory:
                 flags += ["--memory", str(allocation.memory)]
-        return [*prefix, cmd[0], cmd[1], *flags, *cmd[2:]]
+        return [*prefix, cmd[0], cmd[1], *flags, *cmd[2:]]  # after "exec" / "run"
 
 
 def limit_address_space(pid: int, memory: int) -> None:

@@ -45,7 +45,7 @@ from .limits import (
 from .ports import PortLease, instance_name, lease_ports, release_ports
 from .record import Owner, Record
 from .runner import RemoteRunner
-from .runtime import Apptainer, get_runtime
+from .runtime import Runtime, get_runtime
 
 #: Exit status of ``apptainer exec`` when the kernel killed the container (128 + SIGKILL).
 KILLED_STATUS = 128 + signal.SIGKILL
@@ -219,7 +219,7 @@ class ContainerManager:
         max_backoff: the longest wait between restarts.
         sample_interval: seconds between usage samples (CPU %, RSS); ``0`` turns them off.
         limits: ``"auto"``, ``"cgroup"`` or ``"affinity+rlimit"`` (see :mod:`remote.limits`).
-        runtime: the container runtime; default :class:`remote.runtime.Apptainer`.
+        runtime: the runtime name or instance (see :func:`remote.runtime.get_runtime`).
 
     Example::
 
@@ -240,7 +240,7 @@ class ContainerManager:
         max_backoff: float = 30.0,
         sample_interval: float = 1.0,
         limits: str = "auto",
-        runtime: Apptainer | None = None,
+        runtime: str | Runtime | None = None,
     ) -> None:
         self.record = record or (allocator.record if allocator else Record())
         self.allocator = allocator or ResourceAllocator(self.record)
@@ -249,7 +249,7 @@ class ContainerManager:
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.enforcement = choose_enforcement(limits)
-        self._runtime = runtime
+        self._runtime = get_runtime(runtime)
         self._containers: dict[str, _Container] = {}
         self._lock = threading.RLock()
         self._closed = threading.Event()
@@ -324,7 +324,7 @@ class ContainerManager:
             **runner_options: more :class:`remote.RemoteRunner` options (timeout, env, binds...).
         """
         name = instance_name(self.prefix, worker_id)
-        path = get_runtime(runner_options.get("runtime")).resolve_image(image).path
+        path = self._runtime.resolve_image(image).path
         with self._lock:
             if name in self._containers and self._containers[name].state is not State.DELETED:
                 raise IllegalTransition(
@@ -377,7 +377,7 @@ class ContainerManager:
             container.leases = lease_ports(self.record, container.name, 2)
         limited = bool(container.allocation.memory or container.allocation.cpus or container.allocation.gpus)
         container.limits = self.enforcement if limited else NONE
-        runtime = LimitedRuntime(self._runtime or Apptainer(), container.allocation, self.enforcement)
+        runtime = LimitedRuntime(self._runtime, container.allocation, self.enforcement)
         ports = tuple(lease.port for lease in container.leases)
         runner = ManagedRunner(
             container,

@@ -104,7 +104,7 @@ def runtime(request) -> Target:
     """Each runtime with its test image; see the module docstring for when one is skipped."""
     name = request.param
     try:
-        image = get_runtime(name).resolve_image(TEST_IMAGES[name])
+        image = get_runtime(name).resolve_image(TEST_IMAGES[name]).path
     except remote.RemoteError as exc:
         reason = f"{name} runtime not available: {exc}"
         if isinstance(exc, remote.ImageNotFound):

@@ -28,12 +28,12 @@ def children(pid: int) -> list[int]:
 
 
 def alive(pid: int) -> bool:
+    """True if ``pid`` runs (a zombie, or a process gone while we look, does not)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return False
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def wait_gone(pids: list[int], seconds: float = 5.0) -> list[int]:

@@ -118,12 +118,12 @@ def test_gpus_go_to_the_container_with_nv_and_cuda_visible_devices(tmp_path, app
     )
     allocator.allocate(gpus=1)
     allocation = allocator.allocate(cpus=1, memory="256M", gpus=2)
-    cgroup = LimitedRuntime(Apptainer(), allocation, CGROUP).command("img.sif", ["python3"])
+    cgroup = LimitedRuntime(Apptainer(), allocation, CGROUP).command("img.sif", "python3", ["-c", "pass"])
     assert cgroup[:3] == ["taskset", "-c", "0"]
     assert cgroup[4] == "exec" and {"--nv", "--cpus", "--memory"} <= set(cgroup)
     assert cgroup[cgroup.index("--memory") + 1] == str(256 * 2**20)
     assert "CUDA_VISIBLE_DEVICES=1,2" in cgroup
-    fallback = LimitedRuntime(Apptainer(), allocation, RLIMIT).command("img.sif", ["python3"])
+    fallback = LimitedRuntime(Apptainer(), allocation, RLIMIT).command("img.sif", "python3", ["-c", "pass"])
     assert fallback[:3] == ["taskset", "-c", "0"] and "--memory" not in fallback
 
 

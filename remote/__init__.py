@@ -22,6 +22,7 @@ from .errors import (
     ContainerStartError,
     DownloadError,
     EnvCreationError,
+    ExperimentError,
     IllegalTransition,
     ImageBuildError,
     ImageNotFound,
@@ -37,6 +38,7 @@ from .errors import (
     UnknownExperiment,
     VersionMismatch,
 )
+from .experiment_loop import read_log
 from .image import Image, resolve_image
 from .pool import Pool, PooledEnv
 from .registration import register, register_known
@@ -64,6 +66,7 @@ __all__ = [
     "__version__",
     "make",
     "check_image",
+    "read_log",
     "CheckResult",
     "register",
     "RemoteRunner",
@@ -100,6 +103,7 @@ __all__ = [
     "RemoteEnvError",
     "EnvCreationError",
     "InvalidAction",
+    "ExperimentError",
     "ResourceUnavailable",
     "RecordError",
 ]

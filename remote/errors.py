@@ -39,6 +39,7 @@ __all__ = [
     "RemoteEnvError",
     "EnvCreationError",
     "InvalidAction",
+    "ExperimentError",
     "ResourceUnavailable",
     "RecordError",
 ]
@@ -169,6 +170,11 @@ class EnvCreationError(RemoteEnvError):
 
 class InvalidAction(RemoteEnvError, ValueError):
     """The action is not an element of the environment's action space."""
+
+
+class ExperimentError(RemoteEnvError):
+    """An experiment loop in the container failed: its agent could not be imported or made,
+    or the agent or the env raised (see :meth:`remote.RemoteRunner.run`)."""
 
 
 _local_classes: dict[tuple[str, type[RemoteEnvError]], type[RemoteEnvError]] = {}

@@ -13,7 +13,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,9 @@ from .errors import (
     ContainerDied,
     ContainerStartError,
     EnvCreationError,
+    ExperimentError,
     ProtocolError,
+    RemoteEnvError,
     RemoteError,
     VersionMismatch,
     remote_exception,
@@ -123,6 +125,8 @@ class RemoteRunner:
         self.image_sha256 = resolved.sha256
         self.transport = transport
         self.timeout = float(timeout)
+        #: The extra folders the container sees: (host path, container path, mode).
+        self.binds = [_parse_bind(b) for b in binds]
         self._clients: set[RemoteEnvironmentClient] = set()
         self._lock = threading.RLock()
         self._closed = False
@@ -143,7 +147,7 @@ class RemoteRunner:
                 binds=[
                     (str(self.run_dir), str(self.run_dir), "rw"),
                     (payload, payload, "ro"),
-                    *(_parse_bind(b) for b in binds),
+                    *self.binds,
                 ],
                 env={"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", **(env or {})},
                 name=name,
@@ -212,7 +216,7 @@ class RemoteRunner:
 
     # -- control calls (Pyro5) ---------------------------------------------------------------
 
-    def _control(self, method: str, *args: Any) -> Any:
+    def _control(self, method: str, *args: Any, base: type[RemoteEnvError] = RemoteEnvError) -> Any:
         with self._lock:
             if self._closed or self._proxy is None:
                 raise RemoteError(f"the runner for {self.image} is closed")
@@ -231,7 +235,7 @@ class RemoteRunner:
             raise ProtocolError(f"malformed reply to {method}") from None
         if status == 0:
             return payload
-        raise remote_exception(payload["type"], payload["message"], payload["traceback"])
+        raise remote_exception(payload["type"], payload["message"], payload["traceback"], base)
 
     def _refused_or_lost(self, exc: Exception, what: str) -> RemoteError:
         text = str(exc)
@@ -329,6 +333,87 @@ class RemoteRunner:
                 payload["type"], payload["message"], payload["traceback"], base=ProtocolError
             )  # type: ignore[arg-type]
         return sock
+
+    # -- experiments -------------------------------------------------------------------------
+
+    def run(
+        self,
+        agent: str,
+        episodes: int,
+        *,
+        env_id: str,
+        log: str | os.PathLike[str],
+        env_kwargs: Mapping[str, Any] | None = None,
+        agent_kwargs: Mapping[str, Any] | None = None,
+        seed: int = 0,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> dict[str, Any]:
+        """Run ``episodes`` episodes of ``env_id`` with ``agent``, the loop inside the container.
+
+        ``agent`` is ``"module:callable"``, importable in the container: a factory called as
+        ``factory(env, **agent_kwargs)`` that returns an object with ``act(obs)`` (and,
+        optionally, ``observe(obs, action, reward, next_obs, terminated, truncated, info)``,
+        called after each step) or a plain ``policy(obs)`` callable; see
+        :mod:`remote.experiment_loop`. Episode ``i`` is reset with seed ``seed + i``.
+
+        Each finished episode is appended to ``log`` (JSON lines: episode, seed, return,
+        length, wall_time, image_sha256, env_id), fsynced, by the container itself: the
+        log's folder must be visible in the container at a known place (a ``binds=`` entry,
+        or the same path, as Apptainer's default binds of ``$HOME``, ``/tmp`` and the current
+        folder give); the container checks that it writes the host's very file. Read it with
+        :func:`remote.read_log`; it keeps every finished episode if this process is killed.
+
+        No call waits for the whole run: the loop runs in the background of the server and
+        is polled with short control calls (each bounded by the runner's ``timeout``), so a
+        run may take any time. ``progress(done, episodes)`` is called at each poll. If this
+        call is interrupted, the loop is cancelled (the unfinished episode is not logged).
+
+        Returns:
+            the summary: env_id, episodes, cancelled, mean/min/max_return, mean_length,
+            steps, wall_time, image_sha256 and log (the log's host path).
+
+        Raises:
+            ExperimentError: the agent could not be imported or made, or the agent or the
+                env raised (``remote_traceback`` has the container's traceback).
+        """
+        path = Path(os.path.abspath(log))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()  # the host's file: the container must write this very one (same inode)
+        spec = {
+            "agent": agent,
+            "agent_kwargs": dict(agent_kwargs or {}),
+            "env_id": env_id,
+            "env_kwargs": dict(env_kwargs or {}),
+            "episodes": episodes,
+            "seed": seed,
+            "log": self._container_path(path),
+            "log_inode": path.stat().st_ino,
+            "image_sha256": self.image_sha256,
+        }
+
+        def call(request: dict[str, Any]) -> Any:
+            return self._control("experiment", wire.dumps(request), base=ExperimentError)
+
+        number = call({"op": "start", "spec": spec})
+        try:
+            while True:
+                status = call({"op": "poll", "id": number, "wait": min(0.5, self.timeout / 4)})
+                if progress is not None:
+                    progress(status["episodes"], episodes)
+                if status["done"]:
+                    return {**status["summary"], "log": str(path)}
+        except BaseException:
+            if self.alive:
+                with contextlib.suppress(RemoteError):
+                    call({"op": "cancel", "id": number})
+            raise
+
+    def _container_path(self, path: Path) -> str:
+        """Where the container sees the host path ``path``: through a bind, or at the same path."""
+        for src, dest, _ in reversed(self.binds):
+            if path.is_relative_to(src):
+                return str(Path(dest) / path.relative_to(src))
+        return str(path)
 
     def forget(self, client: RemoteEnvironmentClient) -> None:
         """Called by a client on close: free the env's slot in the container."""

@@ -237,6 +237,12 @@ class RemoteRunnerServer:
 
         return self._reply(close)
 
+    def experiment(self, request: bytes) -> bytes:
+        """Start, poll or cancel an experiment loop beside its env (:mod:`remote.experiment_loop`)."""
+        from .experiment_loop import EXPERIMENTS
+
+        return self._reply(lambda: EXPERIMENTS.handle(wire.loads(request), create_env))
+
     def close_all(self) -> None:
         with self.lock:
             envs, self.envs = list(self.envs.values()), {}

@@ -77,7 +77,7 @@ class Experiment:
         self.seed: int = spec["seed"]
         self.image_sha256: str | None = spec.get("image_sha256")
         factory = load_agent(spec["agent"])
-        self.log = _open_log(spec["log"], spec.get("log_inode"))
+        self.log = _open_log(spec["log"], spec["log_inode"])
         try:
             self.env = make_env(self.env_id, spec.get("env_kwargs") or {})
             self.env.action_space.seed(self.seed)
@@ -214,7 +214,7 @@ EXPERIMENTS = Experiments()
 
 
 def _checked_spec(spec: Any) -> dict[str, Any]:
-    types = {"agent": str, "env_id": str, "episodes": int, "seed": int, "log": str}
+    types = {"agent": str, "env_id": str, "episodes": int, "seed": int, "log": str, "log_inode": int}
     if not isinstance(spec, dict) or not all(isinstance(spec.get(k), t) for k, t in types.items()):
         needed = ", ".join(f"{k}: {t.__name__}" for k, t in types.items())
         raise ValueError(f"an experiment spec needs {needed}")
@@ -226,23 +226,23 @@ def _checked_spec(spec: Any) -> dict[str, Any]:
     return spec
 
 
-def _open_log(path: str, inode: int | None) -> Any:
-    """Open the log for appending; if the host said which file it is (its inode), check
-    that the container sees that very file and not a copy in its own file system."""
+def _open_log(path: str, inode: int) -> Any:
+    """Open the log the host created for appending, and check by its inode that the
+    container sees that very file, not one in its own file system that dies with it."""
     try:
-        log = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed by the loop)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
     except OSError as exc:
+        fd = -1
+        reason = exc.strerror
+    if fd >= 0 and os.fstat(fd).st_ino != inode:
+        os.close(fd)
+        fd, reason = -1, "it sees another file there than the host"
+    if fd < 0:
         raise OSError(
-            f"the container cannot write the log {path}: {exc.strerror}; bind its folder into the "
-            "container (binds=[folder])"
-        ) from None
-    if inode is not None and os.fstat(log.fileno()).st_ino != inode:
-        log.close()
-        raise OSError(
-            f"the container sees another file at {path} than the host (its folder is not bound in, "
-            "so the log would be lost with the container): bind its folder (binds=[folder])"
+            f"the container cannot write the host's log {path} ({reason}): bind its folder into "
+            "the container (binds=[folder])"
         )
-    return log
+    return os.fdopen(fd, "a", encoding="utf-8")
 
 
 def read_log(path: str | os.PathLike[str]) -> list[dict[str, Any]]:

@@ -23,6 +23,7 @@ import numpy as np
 from . import spaces as space_codec
 from . import wire
 from .client import RemoteEnvironmentClient
+from .errors import RemoteEnvError
 from .runner import RemoteRunner
 
 
@@ -172,6 +173,8 @@ def check_image(
                 results.append(CheckResult(name, True))
             except ContractBroken as exc:
                 results.append(CheckResult(name, False, str(exc)))
+            except RemoteEnvError as exc:  # the env raised in the container
+                results.append(CheckResult(name, False, f"{exc.remote_type}: {exc.remote_message}"[:500]))
             except Exception as exc:
                 last = traceback.format_exception_only(type(exc), exc)[-1].strip()
                 results.append(CheckResult(name, False, last[:500]))

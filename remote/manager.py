@@ -77,6 +77,8 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     S.DELETED: frozenset(),
 }
 _UP = (S.RUNNING, S.PAUSED)
+#: Events by which another process asks a container's manager not to restart it.
+STOP_REQUESTS = ("STOP_REQUESTED", "KILL_REQUESTED")
 
 
 @dataclass(frozen=True)
@@ -173,6 +175,31 @@ class ManagedRunner(RemoteRunner):
             self._sessions[client] = cursor.lastrowid  # type: ignore[assignment]
         return client
 
+    def run(self, agent: str, episodes: int, *, env_id: str, seed: int = 0, **options: Any) -> dict[str, Any]:
+        """:meth:`RemoteRunner.run`, as a session on the record."""
+        with self._record.transaction() as db:
+            session = db.execute(
+                "INSERT INTO sessions (container_id, env_id, seed, image_sha256, started) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (self._container.record_id, env_id, seed, self.image_sha256, time.time()),
+            ).lastrowid
+        summary: dict[str, Any] = {}
+        try:
+            summary = super().run(agent, episodes, env_id=env_id, seed=seed, **options)
+            return summary
+        finally:
+            with self._record.transaction() as db:
+                db.execute(
+                    "UPDATE sessions SET ended = ?, steps = ?, episodes = ?, total_return = ? WHERE id = ?",
+                    (
+                        time.time(),
+                        summary.get("steps", 0),
+                        summary.get("episodes", 0),
+                        (summary.get("mean_return") or 0.0) * summary.get("episodes", 0),
+                        session,
+                    ),
+                )
+
     def forget(self, client: RemoteEnvironmentClient) -> None:
         self._end_session(client)
         super().forget(client)
@@ -254,7 +281,8 @@ class ContainerManager:
         self._lock = threading.RLock()
         self._closed = threading.Event()
         self.owner = Owner.current()
-        self.sweep_orphans()
+        #: Names of the containers the start-up sweep marked lost (see :meth:`sweep_orphans`).
+        self.swept = self.sweep_orphans()
         if sample_interval > 0:
             threading.Thread(
                 target=self._sample_loop, args=(sample_interval,), name="remote-usage", daemon=True
@@ -515,14 +543,25 @@ class ContainerManager:
             if container.runner is not runner or container.state not in _UP:
                 return  # stopping on request, or not started through us
             container.returncode = returncode
-            if closed:
+            requested = self._stop_requested(container)
+            if closed or requested:
                 container.runner = None
                 self._move(container, State.STOPPING)
                 self._release(container)
-                self._move(container, State.STOPPED, "its runner was closed")
+                self._move(container, State.STOPPED, requested or "its runner was closed")
                 return
             container.runner = None
             self._retry(container, oom_reason(returncode, container) or _describe_exit(returncode))
+
+    def _stop_requested(self, container: _Container) -> str | None:
+        """The request, if another process asked to stop this container (:func:`stop_recorded`)."""
+        rows = self.record.query(
+            "SELECT event, detail FROM events WHERE container_id = ? ORDER BY rowid DESC LIMIT 1",
+            (container.record_id,),
+        )
+        if rows and rows[0]["event"] in STOP_REQUESTS:
+            return rows[0]["detail"]
+        return None
 
     def _retry(self, container: _Container, reason: str) -> None:
         """After a crash (under the lock): restart with backoff, or give up in ERROR."""
@@ -622,6 +661,40 @@ class ContainerManager:
         return lost
 
 
+def stop_recorded(record: Record, target: str, *, kill: bool = False, timeout: float = 10.0) -> str:
+    """Stop (or ``kill``) a running container on the record from any process of its user.
+
+    ``target`` is a container name or the pid of its container process. Stopping sends
+    SIGTERM (the server closes its envs and exits), then SIGKILL after ``timeout`` seconds;
+    killing sends SIGKILL to the whole tree. The request is noted on the record first, so
+    the container's manager marks it STOPPED instead of restarting it. Returns its name.
+
+    Raises:
+        KeyError: no running container on the record is called (or has the pid) ``target``.
+    """
+    rows = record.query(
+        "SELECT id, name, state, pid, pid_started, run_dir FROM containers WHERE lost = 0 AND "
+        "state IN ('STARTING', 'RUNNING', 'PAUSED') AND (name = ? OR pid = ?) ORDER BY id DESC",
+        (target, int(target) if target.isdigit() else -1),
+    )
+    row = next((r for r in rows if _ours(r["pid"], r["pid_started"], r["run_dir"])), None)
+    if row is None:
+        raise KeyError(f"no running container named {target!r} (or with that pid); see `remote ps`")
+    action = "kill" if kill else "stop"
+    record.event(row["id"], STOP_REQUESTS[kill], f"{action} requested by process {os.getpid()}")
+    pid = row["pid"]
+    tree, cgroups = _tree(pid), container_cgroups(_server_in(pid, row["run_dir"]) or pid)
+    if row["state"] == State.PAUSED.value:
+        _signal_tree(pid, signal.SIGCONT)  # a frozen server cannot exit
+    _signal_tree(pid, signal.SIGKILL if kill else signal.SIGTERM)
+    _, alive = psutil.wait_procs(tree, timeout=0.0 if kill else timeout)
+    if alive:
+        _signal_tree(pid, signal.SIGKILL)
+        psutil.wait_procs(alive, timeout=5)
+    remove_cgroups(cgroups)
+    return row["name"]
+
+
 def oom_reason(returncode: int | None, container: _Container) -> str | None:
     """Why the container died if its memory limit killed it, else None.
 
@@ -701,15 +774,20 @@ def server_pid(runner: RemoteRunner) -> int:
     return found
 
 
-def _kill_if_ours(pid: int | None, started: float | None, run_dir: str | None) -> bool:
-    """Kill the container process ``pid`` if it is the one we recorded: same start time,
-    and its tree runs our server on ``run_dir``."""
+def _ours(pid: int | None, started: float | None, run_dir: str | None) -> bool:
+    """True if the container process ``pid`` is the one we recorded: same start time, and
+    its tree runs our server on ``run_dir``."""
     if pid is None or started is None or not run_dir or not Owner(pid, started).alive():
         return False
-    server = _server_in(pid, run_dir)
-    if server is None:
+    return _server_in(pid, run_dir) is not None
+
+
+def _kill_if_ours(pid: int | None, started: float | None, run_dir: str | None) -> bool:
+    """Kill the container process ``pid`` if it is the one we recorded (see :func:`_ours`)."""
+    if not _ours(pid, started, run_dir):
         return False
-    tree, cgroups = _tree(pid), container_cgroups(server)
+    assert pid is not None and run_dir is not None
+    tree, cgroups = _tree(pid), container_cgroups(_server_in(pid, run_dir) or pid)
     _signal_tree(pid, signal.SIGKILL)
     psutil.wait_procs(tree, timeout=5)
     remove_cgroups(cgroups)

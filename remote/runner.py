@@ -137,7 +137,11 @@ class RemoteRunner:
         try:
             self._secret = secrets.token_hex(32)
             _write_private(self.run_dir / "secret", self._secret)
-            _write_private(self.run_dir / "config.json", json.dumps({"transport": transport, "ports": ports}))
+            from .record import Owner  # not at the top: the server side (the image) has no psutil
+
+            owner = Owner.current()  # lets `remote gc` tell a stale run folder from a live one
+            config = {"transport": transport, "ports": ports, "owner": [owner.pid, owner.started]}
+            _write_private(self.run_dir / "config.json", json.dumps(config))
             payload = str(payload_dir())
             name = f"remote-{self.run_dir.name}"
             argv = self._runtime.command(
@@ -495,17 +499,45 @@ def make(
         raise
 
 
-def _make_run_dir() -> Path:
-    """An owner-only folder for the sockets, short enough for unix socket paths."""
+def _run_dir_bases() -> list[str]:
+    """Where run folders may go: existing folders with paths short enough for unix sockets."""
     longest = "/control"
     candidates = [os.environ.get("XDG_RUNTIME_DIR"), os.environ.get("TMPDIR"), "/tmp"]
-    for base in candidates:
-        if base and os.path.isdir(base) and len(base) + len("/rmt-XXXXXXXX") + len(longest) < MAX_SOCKET_PATH:
-            try:
-                return Path(tempfile.mkdtemp(prefix="rmt-", dir=base))
-            except OSError:
-                continue
+    return [
+        base
+        for base in candidates
+        if base and os.path.isdir(base) and len(base) + len("/rmt-XXXXXXXX") + len(longest) < MAX_SOCKET_PATH
+    ]
+
+
+def _make_run_dir() -> Path:
+    """An owner-only folder for the sockets, short enough for unix socket paths."""
+    for base in _run_dir_bases():
+        try:
+            return Path(tempfile.mkdtemp(prefix="rmt-", dir=base))
+        except OSError:
+            continue
     raise RemoteError("no writable folder with a short enough path for unix sockets; set TMPDIR")
+
+
+def stale_run_dirs() -> list[Path]:
+    """This user's run folders (``rmt-*``) whose host process is dead. Normally a run folder
+    goes with its container; one stays only if its sweeper was killed too (``kill -9`` of the
+    whole process group). Folders without a readable owner are left alone."""
+    from .record import Owner  # not at the top: the server side (the image) has no psutil
+
+    stale = []
+    for base in dict.fromkeys(_run_dir_bases()):
+        for path in Path(base).glob("rmt-*"):
+            try:
+                if path.stat().st_uid != os.getuid():
+                    continue
+                pid, started = json.loads((path / "config.json").read_text())["owner"]
+                if not Owner(int(pid), float(started)).alive():
+                    stale.append(path)
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+    return stale
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -25,7 +25,11 @@ def test_five_episodes_logged_on_the_host(image, test_env_options, tmp_path):
     seen = []
     with remote.RemoteRunner(image, **test_env_options) as runner:
         summary = runner.run(
-            "testagents:Balancer", 5, env_id="CartPole-v1", seed=10, log=log,
+            "testagents:Balancer",
+            5,
+            env_id="CartPole-v1",
+            seed=10,
+            log=log,
             progress=lambda done, total: seen.append((done, total)),
         )
     lines = read_log(log)
@@ -69,8 +73,9 @@ def test_a_log_the_container_cannot_see_is_refused(image, test_env_options, tmp_
     shadow, logs = tmp_path / "shadow", tmp_path / "logs"
     shadow.mkdir()
     options = {**test_env_options, "binds": [*test_env_options["binds"], f"{shadow}:{logs}"]}
-    with remote.RemoteRunner(image, **options) as runner, pytest.raises(
-        remote.ExperimentError, match="bind its folder"
+    with (
+        remote.RemoteRunner(image, **options) as runner,
+        pytest.raises(remote.ExperimentError, match="bind its folder"),
     ):
         runner.run("testagents:Balancer", 1, env_id="CartPole-v1", log=logs / "run.jsonl")
     assert list(shadow.iterdir()) == []  # nothing written where it would be lost
@@ -90,7 +95,9 @@ def test_killing_the_host_leaves_a_readable_log(image, tmp_path):
     log = tmp_path / "run.jsonl"
     host = subprocess.Popen(
         [sys.executable, "-c", HOST, image, str(ROOT / "tests" / "envs"), str(log)],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     container = int(host.stdout.readline())
     tree = [container, *children(container)]

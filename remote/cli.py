@@ -1,0 +1,670 @@
+"""The ``remote`` command: images, experiments, containers and checks from the shell.
+
+argparse, not click or typer: it is in the standard library, so the command adds no
+dependency, and its subcommands, help and exit status 2 for usage errors are all we need.
+
+Exit status: 0 success; 1 a check or an experiment failed; 2 a usage error (a bad
+option, an unknown name); 3 a runtime failure (container, runtime, image or cache).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import ExperimentError, RemoteError
+
+OK, FAILED, USAGE, RUNTIME = 0, 1, 2, 3
+#: States in which a container on the record may have a process.
+UP_STATES = ("STARTING", "RUNNING", "PAUSED", "STOPPING")
+
+SUMMARY = "Run reinforcement-learning environments in rootless containers."
+
+EXAMPLES = """\
+Examples:
+  $ remote pull https://example.org/envs.sif --sha256 <hex>
+  $ remote build recipes/gymnasium.def gymnasium.sif
+  $ remote check gymnasium.sif CartPole-v1
+  $ remote run gymnasium.sif CartPole-v1 --agent my_agents:ppo --pythonpath ./agents \\
+        --episodes 100 --seed 0 --log runs/ppo.jsonl
+  $ remote ps
+  $ remote help <command>      (or: remote <command> --help)
+
+Exit status: 0 ok, 1 a check or run failed, 2 usage error, 3 runtime failure
+(container, runtime, image or cache).
+"""
+
+
+# -- output helpers ------------------------------------------------------------------------------
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    """Print ``rows`` as aligned columns (keys are column names)."""
+    cells = [columns] + [["" if row.get(c) is None else str(row[c]) for c in columns] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    for line in cells:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+
+
+def _size(count: float | None) -> str:
+    if count is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+
+
+def parse_age(text: str) -> float:
+    """Seconds in ``"30d"``, ``"12h"``, ``"90m"``, ``"45s"`` (a bare number: days)."""
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if not found:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an age like 30d, 12h, 90m or 45s")
+    return float(found.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "": 86400}[found.group(2)]
+
+
+def _key_values(pairs: Sequence[str], what: str, json_values: bool) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{what} {pair!r}: expected KEY=VALUE")
+        if json_values:
+            try:
+                result[key] = json.loads(value)
+            except ValueError:
+                result[key] = value  # a plain string
+        else:
+            result[key] = value
+    return result
+
+
+def _runner_options(args: argparse.Namespace) -> dict[str, Any]:
+    """RemoteRunner options from --bind, --env, --pythonpath, --runtime, --timeout."""
+    env = _key_values(args.env, "--env", json_values=False)
+    binds = list(args.bind)
+    if args.pythonpath:
+        folders = [os.path.abspath(p) for p in args.pythonpath]
+        binds += [f"{folder}:{folder}:ro" for folder in folders]
+        env["PYTHONPATH"] = os.pathsep.join([*folders, *filter(None, [env.get("PYTHONPATH")])])
+    options: dict[str, Any] = {"binds": binds, "env": env, "runtime": args.runtime}
+    if args.timeout is not None:
+        options["timeout"] = args.timeout
+    return options
+
+
+# -- commands ------------------------------------------------------------------------------------
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from .image import resolve_image
+
+    image = resolve_image(args.source, sha256=args.sha256)
+    if args.json:
+        _print_json(asdict(image))
+    else:
+        print(f"{image.path}\nsha256 {image.sha256}")
+    return OK
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from .image import resolve_image
+    from .progress import Progress
+
+    recipe = Path(args.recipe)
+    if recipe.suffix != ".def" or not recipe.is_file():
+        raise ValueError(f"{args.recipe!r} is not a recipe file (RECIPE.def)")
+    build_args = _key_values(args.build_arg, "--build-arg", json_values=False)
+    with Progress(f"building {recipe.name}"):
+        image = resolve_image(recipe, build_args=build_args)
+    path = image.path
+    if args.out:
+        shutil.copyfile(image.path, args.out)
+        path = os.path.abspath(args.out)
+    if args.json:
+        _print_json({"path": path, "sha256": image.sha256, "cached": image.path})
+    else:
+        print(f"{path}\nsha256 {image.sha256}")
+    return OK
+
+
+def cmd_images_ls(args: argparse.Namespace) -> int:
+    from . import images
+
+    found = images.list()
+    if args.json:
+        _print_json([asdict(e) for e in found])
+        return OK
+    now = time.time()
+    rows = [
+        {
+            "NAME": e.name,
+            "SHA256": e.sha256[:12],
+            "SIZE": _size(e.size),
+            "LAST USED": _duration(now - e.last_used) + " ago",
+            "SOURCE": e.source,
+        }
+        for e in found
+    ]
+    _table(rows, ["NAME", "SHA256", "SIZE", "LAST USED", "SOURCE"])
+    return OK
+
+
+def cmd_images_rm(args: argparse.Namespace) -> int:
+    from . import images
+
+    for entry in images.remove(args.ref):
+        print(f"removed {entry.name} {entry.sha256[:12]} ({entry.source})")
+    return OK
+
+
+def cmd_images_prune(args: argparse.Namespace) -> int:
+    from . import images
+    from .allocator import parse_size
+
+    if args.older_than is None and args.max_size is None:
+        raise ValueError("say what to prune: --older-than AGE and/or --max-size SIZE")
+    max_size = parse_size(args.max_size) if args.max_size is not None else None
+    removed = images.prune(older_than=args.older_than, max_size=max_size)
+    for entry in removed:
+        print(f"removed {entry.name} {entry.sha256[:12]} ({entry.source})")
+    print(f"{len(removed)} image(s) removed, {_size(sum(e.size for e in removed))}")
+    return OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .manager import ContainerManager
+    from .progress import Progress
+
+    log = Path(os.path.abspath(args.log))
+    log.parent.mkdir(parents=True, exist_ok=True)
+    options = _runner_options(args)
+    options["binds"].append(f"{log.parent}:{log.parent}:rw")  # the container writes the log
+    manager = ContainerManager(prefix=args.name, runtime=options.pop("runtime"), sample_interval=1.0)
+    try:
+        name = manager.create(os.getpid(), args.image, cpus=args.cpus, memory=args.memory, **options)
+        manager.start(name)
+        with Progress(f"run {args.env_id}", total=args.episodes, unit="episodes") as bar:
+            summary = manager.runner(name).run(
+                args.agent,
+                args.episodes,
+                env_id=args.env_id,
+                env_kwargs=_key_values(args.env_arg, "--env-arg", json_values=True),
+                agent_kwargs=_key_values(args.agent_arg, "--agent-arg", json_values=True),
+                seed=args.seed,
+                log=log,
+                progress=lambda done, _: bar.update(done),
+            )
+    except ExperimentError as exc:
+        print(f"remote: the experiment failed: {exc}", file=sys.stderr)
+        return FAILED
+    finally:
+        manager.close()
+    if args.json:
+        _print_json(summary)
+    else:
+        print(
+            f"{summary['episodes']} episodes of {summary['env_id']} in {summary['wall_time']:.1f} s: "
+            f"mean return {summary['mean_return']:.2f} (min {summary['min_return']:.2f}, "
+            f"max {summary['max_return']:.2f}), {summary['steps']} steps\nlog: {summary['log']}"
+        )
+    return OK
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    containers, sessions = _ps_rows(args.all)
+    if args.json:
+        _print_json({"containers": containers, "sessions": sessions})
+        return OK
+    rows = [
+        {
+            "NAME": c["name"],
+            "STATE": c["state"],
+            "PID": c["pid"],
+            "UPTIME": _duration(c["uptime"]),
+            "CPU %": "-" if c["cpu_percent"] is None else f"{c['cpu_percent']:.1f}",
+            "RSS": _size(c["rss"]),
+            "RESTARTS": c["restarts"],
+            "OWNER": c["owner_pid"],
+            "IMAGE": c["image"],
+        }
+        for c in containers
+    ]
+    _table(rows, ["NAME", "STATE", "PID", "UPTIME", "CPU %", "RSS", "RESTARTS", "OWNER", "IMAGE"])
+    if sessions:
+        print()
+        now = time.time()
+        session_rows = [
+            {
+                "SESSION": s["id"],
+                "CONTAINER": s["container"],
+                "ENV": s["env_id"],
+                "SEED": s["seed"],
+                "STEPS": s["steps"],
+                "EPISODES": s["episodes"],
+                "AGE": _duration(now - s["started"]),
+                "STATE": "open" if s["ended"] is None else ("lost" if s["lost"] else "ended"),
+            }
+            for s in sessions
+        ]
+        _table(session_rows, ["SESSION", "CONTAINER", "ENV", "SEED", "STEPS", "EPISODES", "AGE", "STATE"])
+    return OK
+
+
+def _ps_rows(everything: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Containers (with live CPU % and RSS where they run) and sessions from the record."""
+    import psutil
+
+    from .manager import _tree
+    from .record import Owner, Record
+
+    record = Record()
+    where = "" if everything else "WHERE lost = 0 AND state IN ('CREATED', 'STARTING', 'RUNNING', 'PAUSED')"
+    containers = record.query(
+        "SELECT c.*, "
+        "(SELECT cpu_percent FROM usage u WHERE u.container_id = c.id ORDER BY time DESC LIMIT 1) "
+        "AS sampled_cpu, "
+        "(SELECT rss FROM usage u WHERE u.container_id = c.id ORDER BY time DESC LIMIT 1) AS sampled_rss "
+        f"FROM containers c {where} ORDER BY c.id"
+    )
+    ids = [c["id"] for c in containers]
+    sessions = record.query(
+        "SELECT s.*, c.name AS container FROM sessions s JOIN containers c ON c.id = s.container_id "
+        f"WHERE s.container_id IN ({','.join('?' * len(ids))})"
+        + ("" if everything else " AND s.ended IS NULL")
+        + " ORDER BY s.id",
+        tuple(ids),
+    )
+    record.close()
+    trees: dict[int, list[psutil.Process]] = {}
+    for c in containers:
+        recorded = c["pid"] is not None and c["pid_started"] is not None
+        if recorded and c["state"] in UP_STATES and Owner(c["pid"], c["pid_started"]).alive():
+            trees[c["id"]] = _tree(c["pid"])
+            for process in trees[c["id"]]:
+                try:
+                    process.cpu_percent(None)  # the first call starts the measurement
+                except psutil.Error:
+                    continue
+    if trees:
+        time.sleep(0.3)
+    now = time.time()
+    for c in containers:
+        c["cpu_percent"], c["rss"], c["uptime"] = c.pop("sampled_cpu"), c.pop("sampled_rss"), None
+        if c["id"] in trees:
+            cpu, rss = 0.0, 0
+            for process in trees[c["id"]]:
+                try:
+                    cpu += process.cpu_percent(None)
+                    rss += process.memory_info().rss
+                except psutil.Error:
+                    continue
+            c["cpu_percent"], c["rss"], c["uptime"] = cpu, rss, now - c["pid_started"]
+        elif c["state"] in UP_STATES and not Owner(c["owner_pid"], c["owner_started"]).alive():
+            c["state"] = "LOST"  # its host process died; `remote gc` notes it on the record
+    return containers, sessions
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from .manager import stop_recorded
+    from .record import Record
+
+    name = stop_recorded(Record(), args.target, kill=args.command == "kill", timeout=args.timeout)
+    print(f"{'killed' if args.command == 'kill' else 'stopped'} {name}")
+    return OK
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from . import images
+    from .manager import ContainerManager
+    from .runner import stale_run_dirs
+
+    manager = ContainerManager(sample_interval=0)  # its start-up sweep does the orphans
+    manager.close()
+    folders = stale_run_dirs()
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+    pruned = images.prune(older_than=args.older_than) if args.older_than else []
+    report = {
+        "orphans": manager.swept,
+        "run_dirs": [str(f) for f in folders],
+        "images": [asdict(e) for e in pruned],
+    }
+    if args.json:
+        _print_json(report)
+    else:
+        print(f"orphaned containers: {len(manager.swept)} {' '.join(manager.swept)}".rstrip())
+        print(f"stale run folders removed: {len(folders)} {' '.join(map(str, folders))}".rstrip())
+        print(
+            f"images unused for {args.older_than / 86400:g} days removed: {len(pruned)}, "
+            f"{_size(sum(e.size for e in pruned))}"
+        )
+    return OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .check import check_image
+
+    results = check_image(
+        args.image,
+        args.env_id,
+        _key_values(args.env_arg, "--env-arg", json_values=True),
+        **_runner_options(args),
+    )
+    passed = all(r.passed for r in results)
+    if args.json:
+        _print_json(
+            {
+                "image": args.image,
+                "env_id": args.env_id,
+                "passed": passed,
+                "results": [asdict(r) for r in results],
+            }
+        )
+    else:
+        for result in results:
+            print(result)
+        failed = [r.name for r in results if not r.passed]
+        print(
+            f"{args.env_id}: all {len(results)} contracts hold"
+            if passed
+            else f"{args.env_id}: {len(failed)} of {len(results)} contracts broken: {', '.join(failed)}"
+        )
+    return OK if passed else FAILED
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    try:
+        bench = importlib.import_module(f"{__package__}.bench")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__package__}.bench":
+            raise
+        print(
+            "remote: error: the benchmarks (remote.bench) are not in this installation of remote; "
+            "install a version that has them",
+            file=sys.stderr,
+        )
+        return RUNTIME
+    return int(bench.main(args.args) or 0)
+
+
+# -- the parser ----------------------------------------------------------------------------------
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the examples as written; lists commands one per line, without a header line."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=30)
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if isinstance(action, argparse._SubParsersAction):
+            return "".join(self._format_action(sub) for sub in action._get_subactions())
+        return super()._format_action(action)
+
+
+def _add_runner_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("container options")
+    group.add_argument("--runtime", help="apptainer (default), process, podman or docker")
+    group.add_argument(
+        "--bind",
+        action="append",
+        default=[],
+        metavar="SRC[:DEST[:ro|rw]]",
+        help="a host folder the container sees (repeatable)",
+    )
+    group.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a variable set in the container (repeatable)",
+    )
+    group.add_argument(
+        "--pythonpath",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a host folder bound read-only and put on PYTHONPATH (repeatable)",
+    )
+    group.add_argument(
+        "--env-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a keyword argument for the env (JSON value, or a string; repeatable)",
+    )
+    group.add_argument("--timeout", type=float, help="seconds any call may take (default 300)")
+
+
+def _command(
+    subparsers: Any, name: str, summary: str, handler: Callable[[argparse.Namespace], int], examples: str
+) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        name,
+        prog=f"remote {name}",
+        help=summary,
+        description=summary,
+        epilog=f"Examples:\n{examples}",
+        formatter_class=_Formatter,
+    )
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="remote",
+        usage="remote [-h] [--version] <command> [options...]",
+        description=SUMMARY,
+        epilog=EXAMPLES,
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"remote {__version__}")
+    commands = parser.add_subparsers(dest="command", title="available commands", metavar="<command>")
+
+    p = _command(
+        commands,
+        "pull",
+        "Fetch an image into the cache",
+        cmd_pull,
+        "  $ remote pull https://example.org/envs.sif --sha256 <hex>\n"
+        "  $ remote pull docker://python:3.11-slim",
+    )
+    p.add_argument("source", metavar="SOURCE", help="URL or reference of the image")
+    p.add_argument("--sha256", help="the image's expected sha256 (required for https unless published)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    p = _command(
+        commands,
+        "build",
+        "Build an image from a recipe into the cache",
+        cmd_build,
+        "  $ remote build recipes/gymnasium.def\n"
+        "  $ remote build recipes/minimal.def minimal.sif --build-arg BASE=gymnasium.sif",
+    )
+    p.add_argument("recipe", metavar="RECIPE.def")
+    p.add_argument("out", metavar="OUT", nargs="?", help="also copy the built image here")
+    p.add_argument(
+        "--build-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a {{ KEY }} of the recipe (repeatable)",
+    )
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    p = _command(
+        commands,
+        "images",
+        "List, remove or prune the cached images",
+        lambda a: USAGE,
+        "  $ remote images ls\n  $ remote images rm 3f2a9c01\n"
+        "  $ remote images prune --older-than 30d --max-size 20G",
+    )
+    actions = p.add_subparsers(dest="action", title="actions", metavar="<action>", required=True)
+    q = actions.add_parser("ls", help="list cached images, most recently used first")
+    q.add_argument("--json", action="store_true", help="print the list as JSON")
+    q.set_defaults(handler=cmd_images_ls)
+    q = actions.add_parser("rm", help="remove images by source, name or sha256 prefix (8+ digits)")
+    q.add_argument("ref", metavar="REF")
+    q.set_defaults(handler=cmd_images_rm)
+    q = actions.add_parser("prune", help="remove images unused for a while, or beyond a total size")
+    q.add_argument("--older-than", type=parse_age, metavar="AGE", help="e.g. 30d, 12h")
+    q.add_argument("--max-size", metavar="SIZE", help="keep at most this much, e.g. 20G")
+    q.set_defaults(handler=cmd_images_prune)
+
+    p = _command(
+        commands,
+        "run",
+        "Run an experiment: an agent on an env, in the container",
+        cmd_run,
+        "  $ remote run gymnasium.sif CartPole-v1 --agent my_agents:ppo \\\n"
+        "        --pythonpath ./agents"
+        " --episodes 100 --seed 0 --log runs/ppo.jsonl\n\n"
+        "The agent is a factory called as factory(env, **agent_args) that returns an object\n"
+        "with act(obs) (and optionally observe(obs, action, reward, next_obs, terminated,\n"
+        "truncated, info)) or a plain policy(obs). Each episode is a line of the JSON-lines log,\n"
+        "written by the container as it ends: a killed run keeps every finished episode.",
+    )
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("env_id", metavar="ENV_ID")
+    p.add_argument("--agent", required=True, metavar="MODULE:CALLABLE", help="the agent factory")
+    p.add_argument("--episodes", required=True, type=int, metavar="N")
+    p.add_argument(
+        "--seed", type=int, default=0, metavar="S", help="episode i is reset with seed S+i (default 0)"
+    )
+    p.add_argument("--log", required=True, metavar="PATH", help="the JSON-lines log (appended to)")
+    p.add_argument(
+        "--agent-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a keyword argument for the agent factory (JSON value, or a string)",
+    )
+    p.add_argument("--name", default="run", help="container name prefix on the record (default run)")
+    p.add_argument("--cpus", type=float, default=0, help="CPUs to reserve and limit to (default: no limit)")
+    p.add_argument("--memory", default="0", help="memory limit, e.g. 2G (default: none)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _add_runner_options(p)
+
+    p = _command(
+        commands,
+        "ps",
+        "List containers and sessions, with CPU and memory",
+        cmd_ps,
+        "  $ remote ps\n  $ remote ps --all --json",
+    )
+    p.add_argument("-a", "--all", action="store_true", help="also stopped, failed and lost containers")
+    p.add_argument("--json", action="store_true", help="print containers and sessions as JSON")
+
+    for name, summary in (
+        ("stop", "Stop a container gracefully (SIGTERM, then SIGKILL)"),
+        ("kill", "Kill a container at once (SIGKILL)"),
+    ):
+        p = _command(commands, name, summary, cmd_stop, f"  $ remote {name} ppo-0\n  $ remote {name} 12345")
+        p.add_argument("target", metavar="NAME|PID", help="a name or container pid from `remote ps`")
+        p.add_argument(
+            "--timeout",
+            type=float,
+            default=10.0,
+            help=argparse.SUPPRESS if name == "kill" else "seconds to wait before killing (default 10)",
+        )
+
+    p = _command(
+        commands,
+        "gc",
+        "Clean up orphans, stale run folders, old images",
+        cmd_gc,
+        "  $ remote gc\n  $ remote gc --older-than 7d",
+    )
+    p.add_argument(
+        "--older-than",
+        type=parse_age,
+        default=parse_age("30d"),
+        metavar="AGE",
+        help="remove cached images unused for this long (default 30d; 0 keeps all)",
+    )
+    p.add_argument("--json", action="store_true", help="print what was removed as JSON")
+
+    p = _command(
+        commands,
+        "check",
+        "Check an env in an image against gymnasium's contracts",
+        cmd_check,
+        "  $ remote check gymnasium.sif CartPole-v1\n"
+        "  $ remote check my.sif my_envs:GridEnv --pythonpath ./src --env-arg size=5 --json",
+    )
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("env_id", metavar="ENV_ID", help="a registered id or 'module:Class'")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    _add_runner_options(p)
+
+    p = _command(
+        commands,
+        "bench",
+        "Run the benchmarks (remote.bench)",
+        cmd_bench,
+        "  $ remote bench\n  $ remote bench -- --help",
+    )
+    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments for remote.bench")
+
+    p = _command(commands, "help", "Show the help of a command", lambda a: USAGE, "  $ remote help run")
+    p.add_argument("topic", metavar="<command>", nargs="?")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``remote`` command; returns its exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None or args.command == "help":
+        topic = getattr(args, "topic", None)
+        if topic:
+            parser.parse_args([topic, "--help"])  # prints the command's help and exits 0
+        parser.print_help()
+        return OK if args.command == "help" else USAGE
+    try:
+        return args.handler(args)
+    except RemoteError as exc:
+        print(f"remote: error: {exc}", file=sys.stderr)
+        return RUNTIME
+    except (ValueError, KeyError) as exc:
+        print(f"remote: error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return USAGE
+    except KeyboardInterrupt:
+        print("remote: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

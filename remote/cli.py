@@ -414,7 +414,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return RUNTIME
-    return int(bench.main(args.args) or 0)
+    argv = args.args[1:] if args.args[:1] == ["--"] else args.args
+    return int(bench.main(argv) or 0)
 
 
 # -- the parser ----------------------------------------------------------------------------------

@@ -3,10 +3,12 @@ containers, with its exit status (0 ok, 1 failed, 2 usage, 3 runtime failure).""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
 import os
+import pty
 import shutil
 import signal
 import subprocess
@@ -166,6 +168,27 @@ def test_run_an_experiment(image, tmp_path, cache_root):
     # the runs are sessions on the record
     sessions = json.loads(cli("ps", "--all", "--json").stdout)["sessions"]
     assert [(s["env_id"], s["seed"], s["episodes"]) for s in sessions][:2] == [("CartPole-v1", 3, 5)] * 2
+
+
+def test_run_draws_a_progress_bar_on_a_terminal(image, tmp_path, cache_root):
+    master, terminal = pty.openpty()
+    args = ["run", image, "CartPole-v1", "--pythonpath", str(TEST_ENVS), "--episodes", "5"]
+    args += ["--agent", "testagents:Balancer", "--log", str(tmp_path / "run.jsonl")]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "remote.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=terminal,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+    )
+    os.close(terminal)
+    drawn = b""
+    with contextlib.suppress(OSError):  # EIO once the command has exited
+        while chunk := os.read(master, 4096):
+            drawn += chunk
+    os.close(master)
+    assert process.wait(120) == 0
+    assert "remote: run CartPole-v1  [########################]  5/5 episodes" in drawn.decode()
 
 
 # -- containers on the record --------------------------------------------------------------------

@@ -92,6 +92,12 @@ def parse_age(text: str) -> float:
     return float(found.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "": 86400}[found.group(2)]
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
 def _key_values(pairs: Sequence[str], what: str, json_values: bool) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for pair in pairs:
@@ -560,7 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("env_id", metavar="ENV_ID")
     p.add_argument("--agent", required=True, metavar="MODULE:CALLABLE", help="the agent factory")
-    p.add_argument("--episodes", required=True, type=int, metavar="N")
+    p.add_argument("--episodes", required=True, type=_positive, metavar="N")
     p.add_argument(
         "--seed", type=int, default=0, metavar="S", help="episode i is reset with seed S+i (default 0)"
     )

@@ -202,11 +202,12 @@ class Experiments:
             experiment.cancelled.set()
             return None
         wait = request.get("wait", 0.0)
-        result = experiment.poll(min(float(wait), 30.0) if isinstance(wait, (int, float)) else 0.0)
-        if result["done"]:
-            with self.lock:
-                self.running.pop(request["id"], None)
-        return result
+        try:
+            return experiment.poll(min(float(wait), 30.0) if isinstance(wait, (int, float)) else 0.0)
+        finally:
+            if experiment.done.is_set():  # reported, result or error: forget it
+                with self.lock:
+                    self.running.pop(request["id"], None)
 
 
 #: The shared registry of the server process.

@@ -74,6 +74,8 @@ def test_usage_errors_exit_2():
     done = cli("run", "x.sif", "CartPole-v1", "--episodes", "3", "--log", "l.jsonl")
     assert done.returncode == 2 and "--agent" in done.stderr
     assert cli("frobnicate").returncode == 2
+    zero = cli("run", "x.sif", "CartPole-v1", "--agent", "a:b", "--episodes", "0", "--log", "l")
+    assert zero.returncode == 2 and "not a positive whole number" in zero.stderr
     assert cli("images", "prune").returncode == 2  # nothing said about what to prune
 
 

@@ -20,10 +20,12 @@ from remote.experiment_loop import LOG_FIELDS, read_log
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_five_episodes_logged_on_the_host(image, test_env_options, tmp_path):
+def test_five_episodes_logged_on_the_host(runtime, test_env_options, tmp_path):
     log = tmp_path / "logs" / "run.jsonl"
+    log.parent.mkdir()
     seen = []
-    with remote.RemoteRunner(image, **test_env_options) as runner:
+    binds = [*test_env_options["binds"], f"{log.parent}:{log.parent}"]  # podman/docker see no /tmp
+    with runtime.runner(binds=binds, env=test_env_options["env"]) as runner:
         summary = runner.run(
             "testagents:Balancer",
             5,

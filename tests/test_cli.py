@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
+import io
 import json
 import os
 import pty
@@ -23,6 +24,7 @@ from https_server import ImageServer
 
 import remote
 from remote import cache
+from remote.progress import Progress
 from remote.record import Owner
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -327,3 +329,20 @@ def test_bench_runs_remote_bench_or_says_it_is_missing():
     else:
         done = cli("bench", "--", "--help")
         assert done.returncode == 0, done.stderr
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_lines_are_drawn_on_a_terminal_only():
+    quiet = io.StringIO()
+    with Progress("run x", total=4, unit="episodes", stream=quiet) as bar:
+        bar.update(2)
+    assert quiet.getvalue() == ""
+    terminal = _Terminal()
+    with Progress("building a.def", stream=terminal):  # no total: the time elapsed, redrawn
+        time.sleep(0.7)
+    drawn = terminal.getvalue()
+    assert drawn.count("\rremote: building a.def  ") >= 3 and drawn.endswith(" s \n")  # start, tick, end

@@ -40,7 +40,7 @@ from .errors import (
 from .image import Image, resolve_image
 from .pool import Pool, PooledEnv
 from .registration import register, register_known
-from .runner import RemoteRunner, make
+from .runner import RemoteRunner, close_all, make
 from .server import RemoteEnvironmentServer, RemoteRunnerServer
 
 #: Imported on first use: they need psutil, which the server side (in the image) lacks.
@@ -63,6 +63,7 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "__version__",
     "make",
+    "close_all",
     "check_image",
     "CheckResult",
     "register",

@@ -9,6 +9,7 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import socket
 import tempfile
 import threading
@@ -47,7 +48,7 @@ MAX_SOCKET_PATH = 100
 log = logging.getLogger("remote")
 
 _live: set[RemoteRunner] = set()
-_live_lock = threading.Lock()
+_live_lock = threading.RLock()  # re-entrant: the SIGTERM handler may run while it is held
 
 
 class RemoteRunner:
@@ -151,6 +152,7 @@ class RemoteRunner:
             self._log_path = Path(tempfile.mkstemp(prefix="remote-", suffix=".log")[1])
             with _live_lock:
                 _live.add(self)
+            _install_sigterm_handler()
             self._process = ServerProcess(
                 argv,
                 self._log_path,
@@ -442,9 +444,27 @@ def _parse_bind(spec: str) -> tuple[str, str, str]:
 
 
 @atexit.register
-def _close_all() -> None:
-    """At interpreter exit, stop every container this process started."""
+def close_all() -> None:
+    """Stop every container this process started. Runs at interpreter exit and on SIGTERM;
+    call it from your own SIGTERM handler if you install one."""
     with _live_lock:
         runners = list(_live)
     for runner in runners:
         runner.close()
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    """Stop our containers, then die of SIGTERM as the process would have (a cancelled
+    Slurm job gets SIGTERM, then SIGKILL after a grace period)."""
+    close_all()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def _install_sigterm_handler() -> None:
+    """Take SIGTERM for :func:`close_all`, unless the program handles it already or this
+    is not the main thread (where Python cannot set handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)

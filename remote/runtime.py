@@ -331,7 +331,7 @@ class ServerProcess:
         cleanup: Callable[[], None] | None = None,
     ) -> None:
         self.log_path = log_path
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: see runner._on_sigterm
         lifeline_r, self._lifeline = os.pipe()
         try:
             with open(log_path, "ab") as log:

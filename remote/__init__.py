@@ -26,10 +26,13 @@ from .errors import (
 )
 from .runner import RemoteRunner, make
 from .server import RemoteEnvironmentServer, RemoteRunnerServer
+from .vector import RemoteVectorEnv, make_vec
 
 __all__ = [
     "__version__",
     "make",
+    "make_vec",
+    "RemoteVectorEnv",
     "RemoteRunner",
     "RemoteEnvironmentClient",
     "RemoteRunnerServer",

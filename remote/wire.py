@@ -49,6 +49,7 @@ _EXT_NDARRAY_OOB = 4
 _SIZE = struct.Struct("<I")
 _HEADER = struct.Struct("<II")
 _ARRAY_HEADERS: dict[tuple[np.dtype, tuple[int, ...]], bytes] = {}
+_PARSED_HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...], int, int]] = {}
 
 
 class _ThreadState(threading.local):
@@ -131,13 +132,20 @@ def _array_header(array: np.ndarray) -> bytes:
 
 
 def _parse_array_header(data: bytes) -> tuple[np.dtype, tuple[int, ...], int, int]:
-    """``(dtype, shape, header size, byte count)`` of an array header; ProtocolError if bad."""
+    """``(dtype, shape, header size, byte count)`` of an array header (cached); ProtocolError
+    if it is malformed or names an object, structured or empty dtype, or a negative size."""
     try:
         size = data[0]
+        end = 2 + size + 8 * data[1 + size]
+    except IndexError:
+        raise ProtocolError("malformed array header: too short") from None
+    key = data[:end]
+    parsed = _PARSED_HEADERS.get(key)
+    if parsed is not None:
+        return parsed
+    try:
         dtype = np.dtype(data[1 : 1 + size].decode("ascii"))
-        ndim = data[1 + size]
-        offset = 2 + size + 8 * ndim
-        shape = struct.unpack_from(f"<{ndim}q", data, 2 + size)
+        shape = struct.unpack_from(f"<{data[1 + size]}q", data, 2 + size)
     except Exception as exc:
         raise ProtocolError(f"malformed array header: {exc}") from None
     if (
@@ -151,17 +159,26 @@ def _parse_array_header(data: bytes) -> tuple[np.dtype, tuple[int, ...], int, in
     count = 1
     for n in shape:
         count *= n
-    return dtype, shape, offset, count * dtype.itemsize
+    parsed = dtype, shape, end, count * dtype.itemsize
+    if len(_PARSED_HEADERS) > 1024:
+        _PARSED_HEADERS.clear()
+    _PARSED_HEADERS[key] = parsed
+    return parsed
+
+
+def _new_array(dtype: np.dtype, shape: tuple[int, ...], memory: bytearray) -> np.ndarray:
+    """A writable array over ``memory`` (as a local env's arrays are writable)."""
+    try:
+        return np.ndarray(shape, dtype, memory)
+    except ValueError as exc:  # e.g. more dimensions than numpy allows
+        raise ProtocolError(f"refusing array of dtype {dtype} and shape {shape}: {exc}") from None
 
 
 def _inline_array(data: bytes) -> np.ndarray:
     dtype, shape, offset, nbytes = _parse_array_header(data)
     if len(data) - offset != nbytes:
         raise ProtocolError(f"array buffer has {len(data) - offset} bytes, expected {nbytes}")
-    # a copy: arrays handed to the user must be writable, as a local env's are
-    return (
-        np.frombuffer(data, dtype=dtype, count=nbytes // dtype.itemsize, offset=offset).reshape(shape).copy()
-    )
+    return _new_array(dtype, shape, bytearray(memoryview(data)[offset:]))
 
 
 def _ext_hook(code: int, data: bytes) -> Any:
@@ -248,7 +265,7 @@ class Channel:
         self.sock = sock
         self._buffer = bytearray(buffer_size)
         self._view = memoryview(self._buffer)
-        self._pending: list[np.ndarray] = []
+        self._pending: list[bytearray] = []  # memory of the out-of-band arrays of this frame
         self._budget = 0  # out-of-band bytes announced by the frame and not yet claimed
 
     def send(self, obj: Any) -> None:
@@ -296,9 +313,9 @@ class Channel:
     def _receive_arrays(self, buffered: int, start: int) -> None:
         view = self._view
         recv_into = self.sock.recv_into
-        for array in self._pending:
-            target = _bytes_of(array)
-            nbytes = len(target)
+        for memory in self._pending:
+            target = memoryview(memory)
+            nbytes = len(memory)
             take = min(buffered, nbytes)
             if take:
                 target[:take] = view[start : start + take]
@@ -319,9 +336,9 @@ class Channel:
             if offset != len(data) or nbytes > self._budget:
                 raise ProtocolError(f"out-of-band array of {nbytes} bytes does not fit the frame")
             self._budget -= nbytes
-            array = np.empty(shape, dtype)
-            self._pending.append(array)
-            return array
+            memory = bytearray(nbytes)
+            self._pending.append(memory)
+            return _new_array(dtype, shape, memory)
         if code == _EXT_TUPLE:
             return tuple(self._unpack(data))
         return _ext_hook(code, data)

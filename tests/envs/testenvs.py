@@ -73,3 +73,23 @@ class FaultyEnv(gym.Env):
             raise KeyError("missing")
         self.count += 1
         return np.array([self.count], dtype=np.float32), 1.0, False, False, {}
+
+
+class EchoEnv(gym.Env):
+    """uint8 observations of ``nbytes`` (seeded noise); ``reset(options={"echo": x})``
+    returns ``x`` in its info, so arrays travel host → container → host."""
+
+    def __init__(self, nbytes: int = 1024) -> None:
+        self.observation_space = spaces.Box(0, 255, (nbytes,), np.uint8)
+        self.action_space = spaces.Discrete(2)
+        self.nbytes = nbytes
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        return self._obs(), {"echo": (options or {}).get("echo")}
+
+    def step(self, action):
+        return self._obs(), float(action), False, False, {}
+
+    def _obs(self) -> np.ndarray:
+        return self.np_random.integers(0, 256, self.nbytes, dtype=np.uint8)

@@ -137,7 +137,7 @@ def action_checker(space: gym.Space) -> Callable[[Any], None]:
         low, high = int(space.start), int(space.start + space.n)
 
         def check_discrete(action: Any) -> None:
-            if type(action) is not int or not low <= action < high:
+            if not ((type(action) is int or isinstance(action, np.integer)) and low <= action < high):
                 check_action(space, action)
 
         return check_discrete
@@ -216,8 +216,12 @@ class EnvGroupServer:
     :class:`remote.vector.RemoteVectorEnv`, autoreset as gymnasium's ``NEXT_STEP`` mode
     (an env that ended is reset by the next ``step``, which returns reward 0).
 
-    Replies: ``step`` → ``[OK, [obs...], rewards float64, terminations bool, truncations
-    bool, [info...]]``; ``reset`` (args ``[[seed...], options]``) → ``[OK, [obs...], [info...]]``.
+    ``step`` takes a list of actions, or an array whose rows are the actions (as gymnasium's
+    ``iterate`` splits a batched Box/MultiDiscrete/MultiBinary action). Replies: ``step`` →
+    ``[OK, observations, rewards float64, terminations bool, truncations bool, [info...]]``;
+    ``reset`` (args ``[[seed...], options]``) → ``[OK, observations, [info...]]``, where
+    ``observations`` is one array stacking them all when every observation is an array of
+    the same dtype and shape, else the list of observations.
     """
 
     def __init__(self, envs: list[RemoteEnvironmentServer]) -> None:
@@ -231,8 +235,10 @@ class EnvGroupServer:
 
     def step(self, actions: Any) -> list[Any]:
         envs = self.envs
+        if type(actions) is np.ndarray and actions.ndim > 0:
+            actions = list(actions)
         if type(actions) is not list or len(actions) != len(envs):
-            raise ProtocolError(f"step expects a list of {len(envs)} actions")
+            raise ProtocolError(f"step expects {len(envs)} actions")
         observations, rewards, terminations, truncations, infos = [], [], [], [], []
         autoreset = self.autoreset
         for env, action, skip in zip(envs, actions, autoreset, strict=True):
@@ -252,7 +258,7 @@ class EnvGroupServer:
             autoreset[i] = bool(terminated or truncated)
         return [
             OK,
-            observations,
+            _stacked(observations),
             np.array(rewards, dtype=np.float64),
             np.array(terminations, dtype=np.bool_),
             np.array(truncations, dtype=np.bool_),
@@ -271,7 +277,7 @@ class EnvGroupServer:
             observations.append(obs)
             infos.append(info)
         self.autoreset = [False] * len(self.envs)
-        return [OK, observations, infos]
+        return [OK, _stacked(observations), infos]
 
     def close(self, _: Any = None) -> list[Any]:
         for env in self.envs:
@@ -289,6 +295,19 @@ class EnvGroupServer:
             return method(args)
         except Exception as exc:
             return [ERROR, error_payload(exc)]
+
+
+def _stacked(observations: list[Any]) -> np.ndarray | list[Any]:
+    """One array if every observation is an array of the same dtype and shape (one frame
+    item instead of many), else the list."""
+    first = observations[0]
+    if type(first) is not np.ndarray:
+        return observations
+    dtype, shape = first.dtype, first.shape
+    for obs in observations:
+        if type(obs) is not np.ndarray or obs.dtype != dtype or obs.shape != shape:
+            return observations
+    return np.stack(observations)
 
 
 @Pyro5.api.expose

@@ -18,6 +18,7 @@ from copy import deepcopy
 from typing import Any
 
 import numpy as np
+from gymnasium.spaces import Box, MultiBinary, MultiDiscrete
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
 
@@ -25,6 +26,9 @@ from . import spaces as space_codec
 from .client import EnvStream, _spec
 from .errors import InvalidAction, ProtocolError, RemoteError
 from .runner import DEFAULT_TIMEOUT, RemoteRunner
+
+#: Spaces whose batch is one array, split into actions row by row.
+_ARRAY_SPACES = (Box, MultiDiscrete, MultiBinary)
 
 
 class RemoteVectorEnv(VectorEnv):
@@ -105,14 +109,19 @@ class RemoteVectorEnv(VectorEnv):
         observations, infos = [], {}
         for (a, b), reply in zip(self._slices(), replies, strict=True):
             self._check_lists(reply, b - a, "reset")
-            observations += reply[1]
+            observations.append(reply[1])
             for i, info in enumerate(reply[2], start=a):
                 infos = self._add_info(infos, info, i)
         return self._batch(observations), infos
 
     def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Step every env (an env that ended on the previous step is reset instead)."""
-        each = list(iterate(self.action_space, actions))
+        if type(actions) is np.ndarray and isinstance(self.action_space, _ARRAY_SPACES):
+            if actions.shape[:1] != (self.num_envs,):
+                raise ValueError(f"actions of shape {actions.shape} for {self.num_envs} envs")
+            each: Any = actions  # the server splits rows as gymnasium's iterate does
+        else:
+            each = list(iterate(self.action_space, actions))
         replies = self._on_all("step", [each[a:b] for a, b in self._slices()], 6)
         observations, infos = [], {}
         for (a, b), reply in zip(self._slices(), replies, strict=True):
@@ -121,7 +130,7 @@ class RemoteVectorEnv(VectorEnv):
                 value = reply[column]
                 if type(value) is not np.ndarray or value.shape != (b - a,):
                     raise ProtocolError(f"malformed step reply: {value!r:.80}")
-            observations += reply[1]
+            observations.append(reply[1])
             for i, info in enumerate(reply[5], start=a):
                 infos = self._add_info(infos, info, i)
         rewards = np.concatenate([r[2] for r in replies]).astype(np.float64, copy=False)
@@ -158,14 +167,21 @@ class RemoteVectorEnv(VectorEnv):
 
     @staticmethod
     def _check_lists(reply: list[Any], count: int, op: str) -> None:
+        """Observations (one stacked array or a list) and infos for ``count`` envs."""
         observations, infos = reply[1], reply[-1]
-        if not (
-            type(observations) is list and type(infos) is list and len(observations) == len(infos) == count
-        ):
+        stacked = type(observations) is np.ndarray and observations.ndim > 0
+        if not ((stacked or type(observations) is list) and type(infos) is list):
+            raise ProtocolError(f"malformed {op} reply for {count} envs")
+        if not len(observations) == len(infos) == count:
             raise ProtocolError(f"malformed {op} reply for {count} envs")
 
-    def _batch(self, observations: list[Any]) -> Any:
-        self._observations = concatenate(self.single_observation_space, observations, self._observations)
+    def _batch(self, groups: list[Any]) -> Any:
+        """Batch the groups' observations (each stacked in one array, or a list)."""
+        if all(type(g) is np.ndarray for g in groups) and isinstance(self._observations, np.ndarray):
+            np.concatenate(groups, axis=0, out=self._observations)  # as concatenate's np.stack(out=)
+        else:
+            observations = [obs for group in groups for obs in group]
+            self._observations = concatenate(self.single_observation_space, observations, self._observations)
         return deepcopy(self._observations) if self.copy else self._observations
 
     def close_extras(self, **kwargs: Any) -> None:

@@ -58,6 +58,7 @@ class RemoteVectorEnv(VectorEnv):
         self.num_envs = num_envs
         self.copy = copy
         self.group_sizes = [min(per, num_envs - start) for start in range(0, num_envs, per)]
+        self._slices = [(start, min(start + per, num_envs)) for start in range(0, num_envs, per)]
         self._runners: list[RemoteRunner] = []
         self._streams: list[EnvStream] = []
         options = {"transport": transport, "timeout": timeout, **(runner_options or {})}
@@ -105,9 +106,9 @@ class RemoteVectorEnv(VectorEnv):
             raise ValueError(f"got {len(seeds)} seeds for {self.num_envs} envs")
         if options is not None and "reset_mask" in options:
             raise ValueError("options['reset_mask'] is not supported by remote vector envs")
-        replies = self._on_all("reset", [[seeds[a:b], options] for a, b in self._slices()], 3)
+        replies = self._on_all("reset", [[seeds[a:b], options] for a, b in self._slices], 3)
         observations, infos = [], {}
-        for (a, b), reply in zip(self._slices(), replies, strict=True):
+        for (a, b), reply in zip(self._slices, replies, strict=True):
             self._check_lists(reply, b - a, "reset")
             observations.append(reply[1])
             for i, info in enumerate(reply[2], start=a):
@@ -122,9 +123,9 @@ class RemoteVectorEnv(VectorEnv):
             each: Any = actions  # the server splits rows as gymnasium's iterate does
         else:
             each = list(iterate(self.action_space, actions))
-        replies = self._on_all("step", [each[a:b] for a, b in self._slices()], 6)
+        replies = self._on_all("step", [each[a:b] for a, b in self._slices], 6)
         observations, infos = [], {}
-        for (a, b), reply in zip(self._slices(), replies, strict=True):
+        for (a, b), reply in zip(self._slices, replies, strict=True):
             self._check_lists(reply, b - a, "step")
             for column in (2, 3, 4):
                 value = reply[column]
@@ -137,10 +138,6 @@ class RemoteVectorEnv(VectorEnv):
         terminations = np.concatenate([r[3] for r in replies]).astype(np.bool_, copy=False)
         truncations = np.concatenate([r[4] for r in replies]).astype(np.bool_, copy=False)
         return self._batch(observations), rewards, terminations, truncations, infos
-
-    def _slices(self) -> list[tuple[int, int]]:
-        starts = np.cumsum([0, *self.group_sizes])
-        return [(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:], strict=True)]
 
     def _on_all(self, op: str, args: list[Any], size: int) -> list[list[Any]]:
         """Send ``op`` to every container, then read every reply. Every stream is read even

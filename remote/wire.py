@@ -254,6 +254,11 @@ def recv_frame(sock: socket.socket) -> Any:
     return Channel(sock, buffer_size=4096).recv()
 
 
+def _check_size(size: int) -> None:
+    if size > MAX_FRAME:
+        raise ProtocolError(f"peer announced a message of {size} bytes (limit {MAX_FRAME})")
+
+
 class Channel:
     """A connected socket that sends and receives frames, with a reusable receive buffer.
 
@@ -272,6 +277,8 @@ class Channel:
         send_frame(self.sock, obj)
 
     def _fill(self, got: int, need: int) -> int:
+        if got == 0 and need:  # recv_into returned 0 bytes: end of file
+            raise ConnectionResetError("connection closed by peer")
         recv_into = self.sock.recv_into
         view = self._view
         while got < need:
@@ -282,25 +289,29 @@ class Channel:
         return got
 
     def recv(self) -> Any:
-        got = self._fill(0, 4)
-        (size,) = _SIZE.unpack_from(self._buffer)
-        if size > MAX_FRAME or size < 4:
-            raise ProtocolError(f"peer announced a message of {size} bytes (limit {MAX_FRAME})")
-        got = self._fill(got, 8)
-        (body_size,) = _SIZE.unpack_from(self._buffer, 4)
+        buffer = self._buffer
+        got = self.sock.recv_into(self._view)  # usually the whole frame
+        if got < 8:
+            got = self._fill(got, 4)
+            _check_size(_SIZE.unpack_from(buffer)[0])
+            got = self._fill(got, 8)
+        size, body_size = _HEADER.unpack_from(buffer)
+        _check_size(size)
         if body_size > size - 4:
             raise ProtocolError(f"frame body of {body_size} bytes does not fit a frame of {size}")
         end = 8 + body_size
-        if end > len(self._buffer):  # a large body: grow the buffer, keep what arrived
-            grown = bytearray(end)
-            grown[:got] = self._view[:got]
-            self._buffer, self._view = grown, memoryview(grown)
-        got = self._fill(got, end)
+        if got < end:
+            if end > len(buffer):  # a large body: grow the buffer, keep what arrived
+                grown = bytearray(end)
+                grown[:got] = self._view[:got]
+                self._buffer, self._view = grown, memoryview(grown)
+            got = self._fill(got, end)
         if got > size + 4:
             raise ProtocolError("peer sent more than one frame without waiting for an answer")
-        pending = self._pending
-        pending.clear()
         self._budget = size + 4 - end
+        if not self._budget:  # no out-of-band arrays
+            return _decode(self._unpack, self._view[8:end])
+        pending = self._pending
         try:
             value = _decode(self._unpack, self._view[8:end])
             if self._budget:

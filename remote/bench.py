@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
+import msgpack
 import numpy as np
 
 SIZES = {"CartPole": 0, "28 KB": 28 * 1024, "100 KB": 100 * 1024, "1 MB": 1024 * 1024}
@@ -98,28 +101,25 @@ class _Floor:
         self.requests = [b"\x01\x00\x00\x00" + bytes([a]) for a in (0, 1)]  # msgpack ints 0, 1
 
     def step(self, action: int) -> np.ndarray:
-        import msgpack
-
-        self.sock.sendall(self.requests[action])
-        got = self.sock.recv_into(self.view)
+        sock, view = self.sock, self.view
+        sock.sendall(self.requests[action])
+        got = sock.recv_into(view)
         while got < 4:
-            got += self.sock.recv_into(self.view[got:])
-        size = int.from_bytes(self.buffer[:4], "little")
+            got += sock.recv_into(view[got:])
+        size = int.from_bytes(view[:4], "little")
         while got < 4 + size:
-            got += self.sock.recv_into(self.view[got:])
-        dtype, shape, *_ = msgpack.unpackb(self.view[4 : 4 + size])
+            got += sock.recv_into(view[got:])
+        dtype, shape, *_ = msgpack.unpackb(view[4 : 4 + size])
         dtype = np.dtype(dtype)
-        count = int(np.prod(shape))
+        count = math.prod(shape)
         end = 4 + size + count * dtype.itemsize
         while got < end:
-            got += self.sock.recv_into(self.view[got:end])
+            got += sock.recv_into(view[got:end])
         return np.frombuffer(self.buffer, dtype, count, 4 + size).reshape(shape).copy()
 
     def close(self) -> None:
         self.sock.close()
         self.proc.wait(5)
-        import shutil
-
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

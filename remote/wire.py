@@ -216,28 +216,29 @@ def loads(data: bytes | bytearray | memoryview) -> Any:
 
 def _bytes_of(array: np.ndarray) -> memoryview:
     """The memory of a C-contiguous array as bytes, without a copy."""
-    return memoryview(array.reshape(-1).view(np.uint8))
+    try:
+        return memoryview(array).cast("B")
+    except (TypeError, ValueError):  # datetime dtypes export no buffer
+        return memoryview(array.reshape(-1).view(np.uint8))
 
 
 def send_frame(sock: socket.socket, obj: Any) -> None:
     """Encode ``obj`` and send it as one frame; large arrays go from their own memory."""
     arrays = _state.out_of_band
     arrays.clear()
-    try:
-        body = _pack_framed(obj)
-        if not arrays:
-            size = 4 + len(body)
-            if size > MAX_FRAME:
-                raise ProtocolError(f"message of {size} bytes exceeds the limit of {MAX_FRAME}")
-            sock.sendall(_HEADER.pack(size, len(body)) + body)
-            return
-        buffers = [b"", body, *map(_bytes_of, arrays)]
-    finally:
-        arrays.clear()
-    size = 4 + sum(map(len, buffers))
+    body = _pack_framed(obj)
+    if not arrays:
+        size = 4 + len(body)
+        if size > MAX_FRAME:
+            raise ProtocolError(f"message of {size} bytes exceeds the limit of {MAX_FRAME}")
+        sock.sendall(_HEADER.pack(size, len(body)) + body)
+        return
+    views = [_bytes_of(array) for array in arrays]
+    arrays.clear()
+    size = 4 + len(body) + sum(view.nbytes for view in views)
     if size > MAX_FRAME:
         raise ProtocolError(f"message of {size} bytes exceeds the limit of {MAX_FRAME}")
-    buffers[0] = _HEADER.pack(size, len(body))
+    buffers = [_HEADER.pack(size, len(body)), body, *views]
     sent = sock.sendmsg(buffers)
     if sent == size + 4:
         return

@@ -46,7 +46,7 @@ def _awkward_arrays() -> dict:
         "big_endian_small": np.arange(5, dtype=">f8"),
         "big_endian_large": np.arange(100_000, dtype=">u4"),
         "bools": rng.integers(0, 2, 10_000).astype(bool),
-        "datetimes_large": np.arange(1000, dtype="datetime64[ns]")[::-1],  # no buffer protocol
+        "datetimes_large": np.arange(1000).astype("datetime64[ns]")[::-1],  # no buffer protocol
         "complex": (rng.standard_normal(3000) + 1j).astype(np.complex64),
         "scalar": np.float32(1.5),
         "nested": (big[:3, :3], [np.arange(5000, dtype=np.uint8)], {"k": (np.int8(-1),)}),

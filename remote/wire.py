@@ -312,14 +312,13 @@ class Channel:
         self._budget = size + 4 - end
         if not self._budget:  # no out-of-band arrays
             return _decode(self._unpack, self._view[8:end])
-        pending = self._pending
         try:
             value = _decode(self._unpack, self._view[8:end])
             if self._budget:
                 raise ProtocolError(f"frame has {self._budget} out-of-band bytes no array claims")
             self._receive_arrays(got - end, end)
         finally:
-            pending.clear()
+            self._pending.clear()
         return value
 
     def _receive_arrays(self, buffered: int, start: int) -> None:
@@ -343,8 +342,8 @@ class Channel:
         return msgpack.unpackb(data, ext_hook=self._ext_hook, raw=False, strict_map_key=False, use_list=True)
 
     def _ext_hook(self, code: int, data: bytes) -> Any:
-        if code == _EXT_NDARRAY_OOB:
-            dtype, shape, offset, nbytes = _parse_array_header(data)
+        if code == _EXT_NDARRAY_OOB:  # the data is the header alone: look it up as it is
+            dtype, shape, offset, nbytes = _PARSED_HEADERS.get(data) or _parse_array_header(data)
             if offset != len(data) or nbytes > self._budget:
                 raise ProtocolError(f"out-of-band array of {nbytes} bytes does not fit the frame")
             self._budget -= nbytes

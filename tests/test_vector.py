@@ -110,3 +110,19 @@ def test_close_is_idempotent_and_repr(image):
     envs.close()
     envs.close()
     assert not envs._runners[0].alive
+
+
+def test_a_dead_container_raises_container_died_and_the_rest_closes(image):
+    import os
+    import signal
+
+    envs = remote.make_vec("CartPole-v1", 4, image=image, envs_per_container=2)
+    try:
+        envs.reset(seed=0)
+        os.kill(envs._runners[1]._process.pid, signal.SIGKILL)
+        with pytest.raises(remote.ContainerDied):
+            for _ in range(100):  # the first step may be answered before the kill lands
+                envs.step(np.zeros(4, dtype=np.int64))
+    finally:
+        envs.close()
+    assert not any(r.alive for r in envs._runners)

@@ -233,20 +233,26 @@ def send_frame(sock: socket.socket, obj: Any) -> None:
             raise ProtocolError(f"message of {size} bytes exceeds the limit of {MAX_FRAME}")
         sock.sendall(_HEADER.pack(size, len(body)) + body)
         return
-    views = [_bytes_of(array) for array in arrays]
+    # arrays go to sendmsg as they are (their buffer is their C-order memory); datetime
+    # arrays export no buffer, so they go as bytes views
+    size = 4 + len(body)
+    buffers: list[Any] = [None, body]
+    for array in arrays:
+        size += array.nbytes
+        buffers.append(array if array.dtype.kind not in "Mm" else _bytes_of(array))
     arrays.clear()
-    size = 4 + len(body) + sum(view.nbytes for view in views)
     if size > MAX_FRAME:
         raise ProtocolError(f"message of {size} bytes exceeds the limit of {MAX_FRAME}")
-    buffers = [_HEADER.pack(size, len(body)), body, *views]
+    buffers[0] = _HEADER.pack(size, len(body))
     sent = sock.sendmsg(buffers)
     if sent == size + 4:
         return
     for buffer in buffers:  # the socket took part of it: send the rest in order
-        if sent >= len(buffer):
-            sent -= len(buffer)
+        view = _bytes_of(buffer) if isinstance(buffer, np.ndarray) else memoryview(buffer)
+        if sent >= view.nbytes:
+            sent -= view.nbytes
             continue
-        sock.sendall(memoryview(buffer)[sent:])
+        sock.sendall(view[sent:])
         sent = 0
 
 

@@ -1,6 +1,6 @@
 """Benchmarks of the hot path, measured against references from the same run.
 
-``python -m remote.bench [--quick] [--json PATH] [--image IMAGE] [--pin CPU]`` measures, in
+``python -m remote.bench [--quick] [--json PATH] [--image IMAGE] [--placement P]`` measures, in
 interleaved rounds, the latency of one ``step`` for CartPole-v1 and for 28 KB / 100 KB /
 1 MB uint8 observations: a local env, ``gymnasium.vector.AsyncVectorEnv`` with one env,
 the raw floor (a minimal unix-socket server in a subprocess: msgpack header and the raw
@@ -8,8 +8,8 @@ observation buffer) and ``remote.make`` through a real container; then the throu
 16 CartPoles from :func:`remote.make_vec` in one container against an in-process
 ``SyncVectorEnv``, and cold start (``make`` → first ``reset``) against a bare
 ``apptainer exec IMAGE true``, and ``close()``. It prints medians, p99s, the ratio to
-each target's reference, and whether the target is met. ``--pin CPU`` pins this process
-and everything it starts (servers, containers) to one CPU.
+each target's reference, and whether the target is met. ``--placement same|split`` pins
+the client and the servers (floor, AsyncVectorEnv worker, container) to one CPU or to two.
 """
 
 from __future__ import annotations
@@ -134,8 +134,11 @@ def _env_stepper(env: gym.Env) -> Callable[[int], None]:
     return step
 
 
-def _cases(image: str, nbytes: int) -> dict[str, tuple[Callable[[int], Any], Callable[[], None]]]:
-    """name → (step(action), close) for the four ways to step one env."""
+Case = tuple[Callable[[int], Any], Callable[[], None], "int | None"]
+
+
+def _cases(image: str, nbytes: int) -> dict[str, Case]:
+    """name → (step(action), close, pid of its server process) for the four ways to step one env."""
     import remote
 
     local = _local_env(nbytes)
@@ -146,10 +149,10 @@ def _cases(image: str, nbytes: int) -> dict[str, tuple[Callable[[int], Any], Cal
     kwargs = {"nbytes": nbytes} if nbytes else {}
     env = remote.make("remote.bench:ArrayObsEnv" if nbytes else "CartPole-v1", image=image, **kwargs)
     return {
-        "local": (_env_stepper(local), local.close),
-        "async": (lambda a: vector.step(actions[a]), vector.close),
-        "floor": (floor.step, floor.close),
-        "remote": (_env_stepper(env), env.close),
+        "local": (_env_stepper(local), local.close, None),
+        "async": (lambda a: vector.step(actions[a]), vector.close, vector.processes[0].pid),
+        "floor": (floor.step, floor.close, floor.proc.pid),
+        "remote": (_env_stepper(env), env.close, env.runner._process.pid),
     }
 
 
@@ -171,7 +174,7 @@ def _interleaved(cases: dict[str, Callable[[int], Any]], rounds: int, steps: int
     return samples
 
 
-def _vector_cases(image: str) -> dict[str, tuple[Callable[[int], Any], Callable[[], None]]]:
+def _vector_cases(image: str) -> dict[str, Case]:
     import remote
 
     local = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")] * 16)
@@ -180,9 +183,43 @@ def _vector_cases(image: str) -> dict[str, tuple[Callable[[int], Any], Callable[
     local.reset(seed=0)
     envs.reset(seed=0)
     return {
-        "sync16": (lambda a: local.step(actions[a]), local.close),
-        "remote16": (lambda a: envs.step(actions[a]), envs.close),
+        "sync16": (lambda a: local.step(actions[a]), local.close, None),
+        "remote16": (lambda a: envs.step(actions[a]), envs.close, envs._runners[0]._process.pid),
     }
+
+
+def _pin_tree(pid: int, cpu: int) -> None:
+    """Pin every thread of ``pid`` and of its descendants to ``cpu``."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError):
+                continue
+    tree, frontier = [pid], [pid]
+    while frontier:
+        kids = [p for p, parent in parents.items() if parent in frontier]
+        tree += kids
+        frontier = kids
+    for process in tree:
+        for task in Path(f"/proc/{process}/task").glob("*"):
+            try:
+                os.sched_setaffinity(int(task.name), {cpu})
+            except (OSError, ValueError):
+                continue  # gone meanwhile
+
+
+def _measure(cases: dict[str, Case], rounds: int, steps: int, placement: str) -> dict[str, list[float]]:
+    try:
+        if placement == "split":
+            for _, _, pid in cases.values():
+                if pid is not None:
+                    _pin_tree(pid, 1)
+        return _interleaved({name: case[0] for name, case in cases.items()}, rounds, steps)
+    finally:
+        for _, close, _ in cases.values():
+            close()
 
 
 def _cold(image: str, rounds: int) -> dict[str, list[float]]:
@@ -213,27 +250,25 @@ def _summary(values: list[float]) -> dict[str, float]:
     }
 
 
-def run(image: str, quick: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Measure everything; return ``{"results": {name: summary}, "targets": [...]}``."""
+def run(
+    image: str, quick: bool = False, placement: str = "free", log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Measure everything; return ``{"results": {name: summary}, "targets": [...]}``.
+
+    ``placement``: ``"free"`` (the scheduler's choice), ``"same"`` (this process and every
+    server on CPU 0) or ``"split"`` (this process on CPU 0, the servers on CPU 1).
+    """
+    if placement in ("same", "split"):
+        os.sched_setaffinity(0, {0})  # inherited by every process started from here
     rounds, steps, cold_rounds = (2, 300, 2) if quick else (5, 2000, 5)
     results: dict[str, dict[str, float]] = {}
     for label, nbytes in SIZES.items():
         log(f"stepping {label} ...")
-        cases = _cases(image, nbytes)
-        try:
-            samples = _interleaved({n: c[0] for n, c in cases.items()}, rounds, steps)
-        finally:
-            for _, close in cases.values():
-                close()
+        samples = _measure(_cases(image, nbytes), rounds, steps, placement)
         for name, values in samples.items():
             results[f"{label} {name}"] = _summary(values)
     log("stepping 16 CartPoles ...")
-    cases = _vector_cases(image)
-    try:
-        samples = _interleaved({n: c[0] for n, c in cases.items()}, rounds, steps // 4)
-    finally:
-        for _, close in cases.values():
-            close()
+    samples = _measure(_vector_cases(image), rounds, steps // 4, placement)
     for name, values in samples.items():
         results[name] = _summary(values)
     log("cold starts ...")
@@ -308,14 +343,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", default=os.environ.get("REMOTE_BENCH_IMAGE", ".images/gymnasium.sif"))
     parser.add_argument("--quick", action="store_true", help="fewer rounds and steps")
     parser.add_argument("--json", metavar="PATH", help="also write the numbers as JSON")
-    parser.add_argument("--pin", metavar="CPU", type=int, help="pin everything to one CPU")
+    parser.add_argument(
+        "--placement",
+        choices=["free", "same", "split"],
+        default="free",
+        help="free: the scheduler's choice; same: client and servers on CPU 0; "
+        "split: client on CPU 0, servers on CPU 1",
+    )
     args = parser.parse_args(argv)
     if not Path(args.image).exists():
         parser.error(f"image {args.image} not found (build it, or pass --image)")
-    if args.pin is not None:
-        os.sched_setaffinity(0, {args.pin})
-    report = run(args.image, quick=args.quick, log=lambda m: print(m, file=sys.stderr))
-    report["machine"] = {"cpus": os.cpu_count(), "pinned": args.pin, "quick": args.quick, "image": args.image}
+    if args.placement != "free" and (os.cpu_count() or 1) < 2:
+        parser.error("--placement same|split needs two CPUs")
+    report = run(args.image, args.quick, args.placement, log=lambda m: print(m, file=sys.stderr))
+    report["machine"] = {
+        "cpus": os.cpu_count(),
+        "placement": args.placement,
+        "quick": args.quick,
+        "image": args.image,
+        "load": os.getloadavg(),
+    }
     print(table(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))

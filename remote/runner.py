@@ -22,7 +22,7 @@ import Pyro5.api
 import Pyro5.errors
 
 from . import wire
-from .client import RemoteEnvironmentClient
+from .client import EnvStream, RemoteEnvironmentClient
 from .errors import (
     AuthenticationError,
     CallTimeout,
@@ -291,20 +291,8 @@ class RemoteRunner:
         return self._make(env_id, kwargs, owns_runner=False)
 
     def _make(self, env_id: str, kwargs: dict[str, Any], owns_runner: bool) -> RemoteEnvironmentClient:
-        try:
-            encoded = wire.dumps(kwargs)
-        except TypeError as exc:
-            raise TypeError(f"env kwargs for {env_id!r} cannot be sent: {exc}") from None
-        try:
-            made = self._control("make", env_id, encoded)
-        except EnvCreationError as exc:
-            raise EnvCreationError(
-                f"{exc.remote_message}. Check the env id and kwargs, and that the image has "
-                "the package that registers the env (or pass 'module:Class')",
-                exc.remote_type,
-                exc.remote_traceback,
-            ) from None
-        stream = self._open_stream(made["handle"])
+        made = self._create(env_id, _encode_kwargs(env_id, kwargs))
+        stream = self._open_stream({"env": made["handle"]}, env_id)
         client = RemoteEnvironmentClient(
             self, env_id, made["handle"], made["description"], stream, owns_runner=owns_runner
         )
@@ -312,16 +300,44 @@ class RemoteRunner:
             self._clients.add(client)
         return client
 
-    def _open_stream(self, handle: int) -> socket.socket:
+    def _make_group(
+        self, env_id: str, count: int, kwargs: dict[str, Any]
+    ) -> tuple[dict[str, Any], EnvStream]:
+        """Create ``count`` envs served together on one stream (see :mod:`remote.vector`):
+        the first env's description and the group's stream."""
+        encoded = _encode_kwargs(env_id, kwargs)
+        handles, description = [], {}
+        for _ in range(count):
+            made = self._create(env_id, encoded)
+            handles.append(made["handle"])
+            description = made["description"]
+        return description, self._open_stream({"envs": handles}, f"{env_id} x{count}")
+
+    def _create(self, env_id: str, encoded_kwargs: bytes) -> dict[str, Any]:
+        """Create an env in the container: ``{"handle": int, "description": dict}``."""
+        try:
+            return self._control("make", env_id, encoded_kwargs)
+        except EnvCreationError as exc:
+            raise EnvCreationError(
+                f"{exc.remote_message}. Check the env id and kwargs, and that the image has "
+                "the package that registers the env (or pass 'module:Class')",
+                exc.remote_type,
+                exc.remote_traceback,
+            ) from None
+
+    def _open_stream(self, target: dict[str, Any], name: str) -> EnvStream:
+        """Connect to the env stream and name the env (``{"env": handle}``) or the group
+        (``{"envs": [handle, ...]}``) it serves."""
         family, address = self._address(self._ready, "stream")
         sock = socket.socket(family, socket.SOCK_STREAM)
+        channel = wire.Channel(sock)
         try:
             sock.settimeout(self.timeout)
             sock.connect(address)
             if family == socket.AF_INET:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            wire.send_frame(sock, {"protocol": wire.PROTOCOL_VERSION, "secret": self._secret, "env": handle})
-            status, payload = wire.recv_frame(sock)
+            channel.send({"protocol": wire.PROTOCOL_VERSION, "secret": self._secret, **target})
+            status, payload = channel.recv()
         except OSError as exc:
             sock.close()
             raise self.connection_lost(exc, "opening an env stream") from None
@@ -330,7 +346,7 @@ class RemoteRunner:
             raise remote_exception(
                 payload["type"], payload["message"], payload["traceback"], base=ProtocolError
             )  # type: ignore[arg-type]
-        return sock
+        return EnvStream(self, channel, name)
 
     def forget(self, client: RemoteEnvironmentClient) -> None:
         """Called by a client on close: free the env's slot in the container."""
@@ -410,6 +426,13 @@ def make(
     except BaseException:
         runner.close()
         raise
+
+
+def _encode_kwargs(env_id: str, kwargs: dict[str, Any]) -> bytes:
+    try:
+        return wire.dumps(kwargs)
+    except TypeError as exc:
+        raise TypeError(f"env kwargs for {env_id!r} cannot be sent: {exc}") from None
 
 
 def _make_run_dir() -> Path:

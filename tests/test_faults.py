@@ -7,7 +7,7 @@ import signal
 import time
 
 import pytest
-from helpers import apptainer_instances, children, wait_gone
+from helpers import apptainer_instances, children, process_state, wait_gone
 
 import remote
 
@@ -37,7 +37,13 @@ def test_a_frozen_container_times_out_with_a_clear_error_and_closes(image):
     runner = remote.RemoteRunner(image, timeout=1.0)
     env = runner.make("CartPole-v1")
     env.reset(seed=0)
-    os.killpg(runner.pid, signal.SIGSTOP)
+    frozen = [runner.pid, *children(runner.pid)]
+    for pid in frozen:  # every process: the group alone is not always all of it
+        os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 5  # SIGSTOP is asynchronous: wait until all are stopped
+    while not all(process_state(pid) == "T" for pid in frozen):
+        assert time.monotonic() < deadline, "the container did not stop"
+        time.sleep(0.01)
     started = time.monotonic()
     with pytest.raises(remote.CallTimeout, match="no answer within 1 s"):
         env.step(0)

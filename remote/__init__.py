@@ -10,9 +10,9 @@ per-user cache (``remote.images``); ``remote.experiments`` pins an experiment to
 
 __version__ = "0.1.0"
 
-from . import experiments, images
-from .check import CheckResult, check_image
-from .client import RemoteEnvironmentClient
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     AuthenticationError,
     CacheError,
@@ -38,74 +38,109 @@ from .errors import (
     UnknownExperiment,
     VersionMismatch,
 )
-from .experiment_loop import read_log
-from .image import Image, resolve_image
-from .pool import Pool, PooledEnv
-from .registration import register, register_known
-from .runner import RemoteRunner, make
-from .server import RemoteEnvironmentServer, RemoteRunnerServer
 
-#: Imported on first use: they need psutil, which the server side (in the image) lacks.
-_HOST_ONLY = {
+if TYPE_CHECKING:
+    from . import experiments, images
+    from .allocator import ResourceAllocator
+    from .check import CheckResult, check_image
+    from .client import RemoteEnvironmentClient
+    from .experiment_loop import read_log
+    from .image import Image, resolve_image
+    from .manager import ContainerManager, ContainerStatus, State
+    from .pool import Pool, PooledEnv
+    from .registration import register
+    from .runner import RemoteRunner, close_all, make
+    from .server import RemoteEnvironmentServer, RemoteRunnerServer
+    from .vector import RemoteVectorEnv, make_vec
+
+#: Public name → module that defines it, imported on first use: the server in the container
+#: (``import remote.server``) then skips the host side's imports at start, and needs none of
+#: the host-only dependencies (psutil, requests).
+_LAZY = {
+    "make": "runner",
+    "close_all": "runner",
+    "RemoteRunner": "runner",
+    "make_vec": "vector",
+    "RemoteVectorEnv": "vector",
+    "RemoteEnvironmentClient": "client",
+    "RemoteRunnerServer": "server",
+    "RemoteEnvironmentServer": "server",
+    "Pool": "pool",
+    "PooledEnv": "pool",
+    "check_image": "check",
+    "CheckResult": "check",
+    "read_log": "experiment_loop",
+    "register": "registration",
+    "resolve_image": "image",
+    "Image": "image",
     "ContainerManager": "manager",
     "ContainerStatus": "manager",
     "State": "manager",
     "ResourceAllocator": "allocator",
 }
+_MODULES = {"images", "experiments"}
 
 
-def __getattr__(name: str) -> object:
-    if name in _HOST_ONLY:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_HOST_ONLY[name]}", __name__), name)
-    raise AttributeError(f"module 'remote' has no attribute {name!r}")
+def __getattr__(name: str) -> Any:
+    if name in _MODULES:
+        value: Any = import_module(f".{name}", __name__)
+    elif name in _LAZY:
+        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    else:
+        raise AttributeError(f"module 'remote' has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
 
 __all__ = [
     "__version__",
     "make",
-    "check_image",
-    "read_log",
-    "CheckResult",
-    "register",
+    "close_all",
     "RemoteRunner",
+    "make_vec",
+    "RemoteVectorEnv",
+    "RemoteEnvironmentClient",
+    "RemoteRunnerServer",
+    "RemoteEnvironmentServer",
     "Pool",
     "PooledEnv",
+    "check_image",
+    "CheckResult",
+    "read_log",
+    "register",
     "resolve_image",
     "Image",
-    "images",
-    "experiments",
-    "RemoteEnvironmentClient",
     "ContainerManager",
     "ContainerStatus",
     "State",
     "ResourceAllocator",
-    "RemoteRunnerServer",
-    "RemoteEnvironmentServer",
-    "RemoteError",
-    "ImageNotFound",
-    "ChecksumMismatch",
-    "DownloadError",
-    "ImageBuildError",
-    "ImagePullError",
-    "CacheError",
-    "UnknownExperiment",
-    "RuntimeNotAvailable",
-    "ContainerStartError",
-    "ContainerDied",
-    "OutOfMemory",
-    "IllegalTransition",
-    "CallTimeout",
-    "ProtocolError",
-    "VersionMismatch",
+    "experiments",
+    "images",
     "AuthenticationError",
-    "RemoteEnvError",
+    "CacheError",
+    "CallTimeout",
+    "ChecksumMismatch",
+    "ContainerDied",
+    "ContainerStartError",
+    "DownloadError",
     "EnvCreationError",
-    "InvalidAction",
     "ExperimentError",
-    "ResourceUnavailable",
+    "IllegalTransition",
+    "ImageBuildError",
+    "ImageNotFound",
+    "ImagePullError",
+    "InvalidAction",
+    "OutOfMemory",
+    "ProtocolError",
     "RecordError",
+    "RemoteEnvError",
+    "RemoteError",
+    "ResourceUnavailable",
+    "RuntimeNotAvailable",
+    "UnknownExperiment",
+    "VersionMismatch",
 ]
 
-register_known()
+from .registration import register_known  # noqa: E402 (after the names above, as it uses none)
+
+register_known()  # gymnasium.make("remote/<id>", image=...) for every id gymnasium knows

@@ -408,7 +408,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     return OK if passed else FAILED
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
+def cmd_bench(argv: list[str]) -> int:
+    """``remote bench ARGS`` is ``python -m remote.bench ARGS``: every argument goes to it."""
     try:
         bench = importlib.import_module(f"{__package__}.bench")
     except ModuleNotFoundError as exc:
@@ -420,7 +421,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return RUNTIME
-    argv = args.args[1:] if args.args[:1] == ["--"] else args.args
     return int(bench.main(argv) or 0)
 
 
@@ -640,8 +640,8 @@ def build_parser() -> argparse.ArgumentParser:
         commands,
         "bench",
         "Run the benchmarks (remote.bench)",
-        cmd_bench,
-        "  $ remote bench\n  $ remote bench -- --help",
+        lambda a: cmd_bench(a.args),
+        "  $ remote bench --quick\n  $ remote bench --help      (remote.bench's options)",
     )
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments for remote.bench")
 
@@ -652,6 +652,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``remote`` command; returns its exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # all its arguments are remote.bench's, --help too
+        return cmd_bench(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None or args.command == "help":

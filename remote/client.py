@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import socket
 from typing import TYPE_CHECKING, Any, SupportsFloat
 
 import gymnasium as gym
@@ -18,6 +17,80 @@ if TYPE_CHECKING:
     from .runner import RemoteRunner
 
 OK = 0
+
+
+class EnvStream:
+    """The stream of one env (or one group of envs) in a container: requests go out as
+    ``[op, args]``, replies come back as ``[OK, value, ...]`` or ``[ERROR, error]``.
+
+    A failure maps to one of remote's errors and leaves the stream unusable (its next
+    frame could be the answer to an older request): :class:`remote.CallTimeout`,
+    :class:`remote.ContainerDied` or :class:`remote.ProtocolError`.
+    """
+
+    def __init__(self, runner: RemoteRunner, channel: wire.Channel, name: str) -> None:
+        self.runner = runner
+        self.name = name
+        self._channel: wire.Channel | None = channel
+        self._broken: str | None = None
+
+    @property
+    def open(self) -> bool:
+        return self._channel is not None
+
+    def call(self, op: str, args: Any, size: int) -> list[Any]:
+        """Send one request and return its reply, a list of ``size`` items."""
+        self.send(op, args)
+        return self.receive(op, size)
+
+    def send(self, op: str, args: Any) -> None:
+        """Send a request. TypeError (a value the codec cannot carry) leaves the stream usable."""
+        channel = self._channel
+        if channel is None:
+            raise RemoteError(self._broken or f"{self.name} is closed; create a new env")
+        try:
+            channel.send([op, args])
+        except OSError as exc:
+            raise self._failed(exc, op) from None
+
+    def receive(self, op: str, size: int) -> list[Any]:
+        """Receive the reply to ``op``: ``[OK, ...]`` with ``size`` items, or raise its error."""
+        channel = self._channel
+        if channel is None:
+            raise RemoteError(self._broken or f"{self.name} is closed; create a new env")
+        try:
+            reply = channel.recv()
+        except (OSError, ProtocolError) as exc:
+            raise self._failed(exc, op) from None
+        if type(reply) is list and len(reply) == size and reply[0] == OK:
+            return reply
+        if type(reply) is list and len(reply) == 2 and type(reply[1]) is dict:
+            error = reply[1]
+            raise remote_exception(
+                str(error.get("type")), str(error.get("message")), str(error.get("traceback"))
+            )
+        self.drop(f"{self.name}: the connection broke the protocol; create a new env")
+        raise ProtocolError(f"malformed reply to {op}: {reply!r:.100}")
+
+    def _failed(self, exc: Exception, op: str) -> RemoteError:
+        if isinstance(exc, TimeoutError):
+            self.drop(
+                f"{self.name}: a call timed out earlier, so its stream is out of step; create a new env"
+            )
+            return self.runner.timeout_error(f"{op} on {self.name}")
+        if isinstance(exc, ProtocolError):
+            self.drop(f"{self.name}: the connection broke the protocol; create a new env")
+            return exc
+        # EOF, reset, broken pipe: the server or container is gone
+        self.drop(f"{self.name}: the connection to the container was lost")
+        return self.runner.connection_lost(exc, f"{op} on {self.name}")
+
+    def drop(self, reason: str) -> None:
+        """Close the socket; later calls raise RemoteError(reason)."""
+        channel, self._channel = self._channel, None
+        self._broken = reason
+        if channel is not None:
+            channel.close()
 
 
 class RemoteEnvironmentClient(gym.Env):
@@ -41,15 +114,14 @@ class RemoteEnvironmentClient(gym.Env):
         env_id: str,
         handle: int,
         description: dict[str, Any],
-        stream: socket.socket,
+        stream: EnvStream,
         owns_runner: bool = False,
     ) -> None:
         self.runner = runner
         self.env_id = env_id
         self.handle = handle
-        self._stream: socket.socket | None = stream
+        self._stream = stream
         self._owns_runner = owns_runner
-        self._broken: str | None = None
         self.observation_space = space_codec.rebuild(description["observation_space"])
         self.action_space = space_codec.rebuild(description["action_space"])
         self.metadata = dict(description.get("metadata") or {})
@@ -59,40 +131,8 @@ class RemoteEnvironmentClient(gym.Env):
         self.total_return = 0.0
         self.first_seed: int | None = None
 
-    def _call(self, op: str, args: Any = None) -> Any:
-        stream = self._stream
-        if stream is None:
-            raise RemoteError(self._broken or f"{self.env_id} is closed; create a new env with runner.make()")
-        try:
-            wire.send_frame(stream, [op, args])
-            response = wire.recv_frame(stream)
-        except TimeoutError:
-            self._drop(
-                f"{self.env_id}: a call timed out earlier, so its stream is out of step; create a new env"
-            )
-            raise self.runner.timeout_error(f"{op} on {self.env_id}") from None
-        except ProtocolError:
-            self._drop(f"{self.env_id}: the connection broke the protocol; create a new env")
-            raise
-        except OSError as exc:  # EOF, reset, broken pipe: the server or container is gone
-            self._drop(f"{self.env_id}: the connection to the container was lost")
-            raise self.runner.connection_lost(exc, f"{op} on {self.env_id}") from None
-        if not (isinstance(response, list) and len(response) == 2):
-            raise ProtocolError(f"malformed response to {op}: {response!r:.100}")
-        status, payload = response
-        if status == OK:
-            return payload
-        if not isinstance(payload, dict):
-            raise ProtocolError(f"malformed error response to {op}: {payload!r:.100}")
-        raise remote_exception(
-            str(payload.get("type")), str(payload.get("message")), str(payload.get("traceback"))
-        )
-
     def _drop(self, reason: str) -> None:
-        stream, self._stream = self._stream, None
-        self._broken = reason
-        if stream is not None:
-            stream.close()
+        self._stream.drop(reason)
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -101,35 +141,31 @@ class RemoteEnvironmentClient(gym.Env):
         super().reset(seed=seed)  # keeps self.np_random consistent with a local env
         if self.first_seed is None:
             self.first_seed = seed
-        result = self._call("reset", [seed, options])
-        if not (isinstance(result, tuple) and len(result) == 2):
-            raise ProtocolError(f"reset returned {type(result).__name__}, not (obs, info)")
-        return result
+        reply = self._stream.call("reset", [seed, options], 3)
+        return reply[1], reply[2]
 
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
         """Step the remote env. Returns ``(observation, reward, terminated, truncated, info)``."""
         try:
-            result = self._call("step", action)
+            reply = self._stream.call("step", action, 6)
         except TypeError as exc:  # the codec cannot carry this action
             raise InvalidAction(f"action cannot be sent: {exc}") from None
-        if not (isinstance(result, tuple) and len(result) == 5):
-            raise ProtocolError(f"step returned {type(result).__name__}, not a 5-tuple")
         self.steps += 1
-        self.total_return += result[1]
-        if result[2] or result[3]:
+        self.total_return += reply[2]
+        if reply[3] or reply[4]:
             self.episodes += 1
-        return result
+        return reply[1], reply[2], reply[3], reply[4], reply[5]
 
     def render(self) -> Any:
         """Render remotely; ``rgb_array`` frames come back as ``uint8`` arrays (H, W, 3)."""
-        return self._call("render")
+        return self._stream.call("render", None, 2)[1]
 
     def close(self) -> None:
         """Close the remote env (and its container, if :func:`remote.make` started it).
         Safe to call more than once."""
-        if self._stream is not None:
+        if self._stream.open:
             with contextlib.suppress(RemoteError):  # gone or broken: nothing left to close
-                self._call("close")
+                self._stream.call("close", None, 2)
             self._drop(f"{self.env_id} is closed")
             self.runner.forget(self)
         if self._owns_runner:

@@ -11,6 +11,7 @@ same protocol version); the dependencies go last, so an image's own versions win
 
 from __future__ import annotations
 
+import compileall
 import os
 import shutil
 import tempfile
@@ -70,6 +71,9 @@ def _copy(sources: dict[str, Path], root: Path, target: Path) -> None:
                 shutil.copytree(src, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
             else:
                 shutil.copy2(src, dest)
+        # bytecode for this host's Python: an image with the same version starts ~20 ms
+        # sooner (the payload is read-only there, so nothing would be cached)
+        compileall.compile_dir(staging, quiet=2, workers=1)
         staging.chmod(0o755)
         try:
             os.rename(staging, target)

@@ -9,6 +9,7 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import socket
 import tempfile
 import threading
@@ -21,7 +22,7 @@ import Pyro5.api
 import Pyro5.errors
 
 from . import wire
-from .client import RemoteEnvironmentClient
+from .client import EnvStream, RemoteEnvironmentClient
 from .errors import (
     AuthenticationError,
     CallTimeout,
@@ -49,7 +50,7 @@ MAX_SOCKET_PATH = 100
 log = logging.getLogger("remote")
 
 _live: set[RemoteRunner] = set()
-_live_lock = threading.Lock()
+_live_lock = threading.RLock()  # re-entrant: the SIGTERM handler may run while it is held
 
 
 class RemoteRunner:
@@ -159,6 +160,7 @@ class RemoteRunner:
             self._log_path = Path(tempfile.mkstemp(prefix="remote-", suffix=".log")[1])
             with _live_lock:
                 _live.add(self)
+            _install_sigterm_handler()
             self._process = ServerProcess(
                 argv,
                 self._log_path,
@@ -297,20 +299,8 @@ class RemoteRunner:
         return self._make(env_id, kwargs, owns_runner=False)
 
     def _make(self, env_id: str, kwargs: dict[str, Any], owns_runner: bool) -> RemoteEnvironmentClient:
-        try:
-            encoded = wire.dumps(kwargs)
-        except TypeError as exc:
-            raise TypeError(f"env kwargs for {env_id!r} cannot be sent: {exc}") from None
-        try:
-            made = self._control("make", env_id, encoded)
-        except EnvCreationError as exc:
-            raise EnvCreationError(
-                f"{exc.remote_message}. Check the env id and kwargs, and that the image has "
-                "the package that registers the env (or pass 'module:Class')",
-                exc.remote_type,
-                exc.remote_traceback,
-            ) from None
-        stream = self._open_stream(made["handle"])
+        made = self._create(env_id, _encode_kwargs(env_id, kwargs))
+        stream = self._open_stream({"env": made["handle"]}, env_id)
         client = RemoteEnvironmentClient(
             self, env_id, made["handle"], made["description"], stream, owns_runner=owns_runner
         )
@@ -318,16 +308,44 @@ class RemoteRunner:
             self._clients.add(client)
         return client
 
-    def _open_stream(self, handle: int) -> socket.socket:
+    def _make_group(
+        self, env_id: str, count: int, kwargs: dict[str, Any]
+    ) -> tuple[dict[str, Any], EnvStream]:
+        """Create ``count`` envs served together on one stream (see :mod:`remote.vector`):
+        the first env's description and the group's stream."""
+        encoded = _encode_kwargs(env_id, kwargs)
+        handles, description = [], {}
+        for _ in range(count):
+            made = self._create(env_id, encoded)
+            handles.append(made["handle"])
+            description = made["description"]
+        return description, self._open_stream({"envs": handles}, f"{env_id} x{count}")
+
+    def _create(self, env_id: str, encoded_kwargs: bytes) -> dict[str, Any]:
+        """Create an env in the container: ``{"handle": int, "description": dict}``."""
+        try:
+            return self._control("make", env_id, encoded_kwargs)
+        except EnvCreationError as exc:
+            raise EnvCreationError(
+                f"{exc.remote_message}. Check the env id and kwargs, and that the image has "
+                "the package that registers the env (or pass 'module:Class')",
+                exc.remote_type,
+                exc.remote_traceback,
+            ) from None
+
+    def _open_stream(self, target: dict[str, Any], name: str) -> EnvStream:
+        """Connect to the env stream and name the env (``{"env": handle}``) or the group
+        (``{"envs": [handle, ...]}``) it serves."""
         family, address = self._address(self._ready, "stream")
         sock = socket.socket(family, socket.SOCK_STREAM)
+        channel = wire.Channel(sock)
         try:
             sock.settimeout(self.timeout)
             sock.connect(address)
             if family == socket.AF_INET:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            wire.send_frame(sock, {"protocol": wire.PROTOCOL_VERSION, "secret": self._secret, "env": handle})
-            status, payload = wire.recv_frame(sock)
+            channel.send({"protocol": wire.PROTOCOL_VERSION, "secret": self._secret, **target})
+            status, payload = channel.recv()
         except OSError as exc:
             sock.close()
             raise self.connection_lost(exc, "opening an env stream") from None
@@ -336,7 +354,7 @@ class RemoteRunner:
             raise remote_exception(
                 payload["type"], payload["message"], payload["traceback"], base=ProtocolError
             )  # type: ignore[arg-type]
-        return sock
+        return EnvStream(self, channel, name)
 
     # -- experiments -------------------------------------------------------------------------
 
@@ -499,6 +517,13 @@ def make(
         raise
 
 
+def _encode_kwargs(env_id: str, kwargs: dict[str, Any]) -> bytes:
+    try:
+        return wire.dumps(kwargs)
+    except TypeError as exc:
+        raise TypeError(f"env kwargs for {env_id!r} cannot be sent: {exc}") from None
+
+
 def _run_dir_bases() -> list[str]:
     """Where run folders may go: existing folders with paths short enough for unix sockets."""
     longest = "/control"
@@ -559,9 +584,27 @@ def _parse_bind(spec: str) -> tuple[str, str, str]:
 
 
 @atexit.register
-def _close_all() -> None:
-    """At interpreter exit, stop every container this process started."""
+def close_all() -> None:
+    """Stop every container this process started. Runs at interpreter exit and on SIGTERM;
+    call it from your own SIGTERM handler if you install one."""
     with _live_lock:
         runners = list(_live)
     for runner in runners:
         runner.close()
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    """Stop our containers, then die of SIGTERM as the process would have (a cancelled
+    Slurm job gets SIGTERM, then SIGKILL after a grace period)."""
+    close_all()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def _install_sigterm_handler() -> None:
+    """Take SIGTERM for :func:`close_all`, unless the program handles it already or this
+    is not the main thread (where Python cannot set handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)

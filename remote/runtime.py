@@ -331,7 +331,7 @@ class ServerProcess:
         cleanup: Callable[[], None] | None = None,
     ) -> None:
         self.log_path = log_path
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: see runner._on_sigterm
         lifeline_r, self._lifeline = os.pipe()
         try:
             with open(log_path, "ab") as log:
@@ -370,8 +370,9 @@ class ServerProcess:
         self._kill_group(signal.SIGKILL)  # what the server started, if no PID namespace took it
         if self._cleanup is not None:
             self._cleanup()
-        self._close_lifeline()  # the sweeper removes the run folder and exits
-        if self._sweeper is not None:
+        self._close_lifeline()
+        if self._sweeper is not None:  # the host is alive and cleans up itself (on_exit)
+            self._sweeper.kill()
             self._sweeper.wait()
         try:
             if self._on_exit is not None:
@@ -403,6 +404,7 @@ class ServerProcess:
         self._close_lifeline()
         if not self.exited.wait(timeout):
             self._kill_group(signal.SIGTERM)
+            self._kill_group(signal.SIGCONT)  # a stopped (paused, SIGSTOPped) server must see it
             if not self.exited.wait(1.0):
                 self._kill_group(signal.SIGKILL)
                 self.exited.wait(5.0)

@@ -130,26 +130,54 @@ def describe_env(env: gym.Env) -> dict[str, Any]:
     }
 
 
+def action_checker(space: gym.Space) -> Callable[[Any], None]:
+    """:func:`check_action` for one space, with a fast path for the common actions
+    (a plain int for Discrete, an ndarray of the right shape for Box)."""
+    if type(space) is gym.spaces.Discrete:
+        low, high = int(space.start), int(space.start + space.n)
+
+        def check_discrete(action: Any) -> None:
+            if not ((type(action) is int or isinstance(action, np.integer)) and low <= action < high):
+                check_action(space, action)
+
+        return check_discrete
+    if type(space) is gym.spaces.Box:
+        shape = space.shape
+
+        def check_box(action: Any) -> None:
+            if type(action) is not np.ndarray or action.shape != shape or action.dtype.kind not in "biuf":
+                check_action(space, action)
+
+        return check_box
+    return lambda action: check_action(space, action)
+
+
 class RemoteEnvironmentServer:
-    """One environment in the container and the operations the host may ask of it."""
+    """One environment in the container and the operations the host may ask of it.
+
+    Each operation returns the whole reply frame: ``[OK, obs, reward, terminated,
+    truncated, info]`` for ``step``, ``[OK, obs, info]`` for ``reset``, ``[OK, value]``
+    for the others; :meth:`handle` turns an exception into ``[ERROR, error]``.
+    """
 
     def __init__(self, env: gym.Env) -> None:
         self.env = env
         self.lock = threading.Lock()
         self.closed = False
-        self.ops: dict[str, Callable[[Any], Any]] = {
+        self.check = action_checker(env.action_space)
+        self.ops: dict[str, Callable[[Any], list[Any]]] = {
             "step": self.step,
             "reset": self.reset,
             "render": self.render,
             "close": self.close,
         }
 
-    def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
-        check_action(self.env.action_space, action)
+    def step(self, action: Any) -> list[Any]:
+        self.check(action)
         obs, reward, terminated, truncated, info = self.env.step(action)
-        return obs, reward, bool(terminated), bool(truncated), info
+        return [OK, obs, reward, bool(terminated), bool(truncated), info]
 
-    def reset(self, args: Any) -> tuple[Any, dict[str, Any]]:
+    def reset(self, args: Any) -> list[Any]:
         if not (isinstance(args, list) and len(args) == 2):
             raise ProtocolError("reset expects [seed, options]")
         seed, options = args
@@ -157,29 +185,129 @@ class RemoteEnvironmentServer:
             raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
         if options is not None and not isinstance(options, dict):
             raise TypeError(f"options must be a dict or None, got {type(options).__name__}")
-        return self.env.reset(seed=seed, options=options)
+        obs, info = self.env.reset(seed=seed, options=options)
+        return [OK, obs, info]
 
-    def render(self, _: Any = None) -> Any:
-        return self.env.render()
+    def render(self, _: Any = None) -> list[Any]:
+        return [OK, self.env.render()]
 
-    def close(self, _: Any = None) -> None:
+    def close(self, _: Any = None) -> list[Any]:
         if not self.closed:
             self.closed = True
             self.env.close()
+        return [OK, None]
 
     def handle(self, op: Any, args: Any) -> list[Any]:
-        """Run one request and return the response frame ``[OK, result]`` or ``[ERROR, error]``."""
+        """Run one request and return its reply frame."""
         try:
-            method = self.ops.get(op) if isinstance(op, str) else None
+            method = self.ops.get(op) if type(op) is str else None
             if method is None:
                 raise ProtocolError(f"unknown operation {op!r:.40}")
             if self.closed and op != "close":
                 raise RuntimeError("the environment is closed")
             with self.lock:
-                result = method(args)
-            return [OK, result]
+                return method(args)
         except Exception as exc:
             return [ERROR, error_payload(exc)]
+
+
+class EnvGroupServer:
+    """Several envs of the container stepped by one request: the server side of
+    :class:`remote.vector.RemoteVectorEnv`, autoreset as gymnasium's ``NEXT_STEP`` mode
+    (an env that ended is reset by the next ``step``, which returns reward 0).
+
+    ``step`` takes a list of actions, or an array whose rows are the actions (as gymnasium's
+    ``iterate`` splits a batched Box/MultiDiscrete/MultiBinary action). Replies: ``step`` →
+    ``[OK, observations, rewards float64, terminations bool, truncations bool, [info...]]``;
+    ``reset`` (args ``[[seed...], options]``) → ``[OK, observations, [info...]]``, where
+    ``observations`` is one array stacking them all when every observation is an array of
+    the same dtype and shape, else the list of observations.
+    """
+
+    def __init__(self, envs: list[RemoteEnvironmentServer]) -> None:
+        self.envs = envs
+        self.autoreset = [False] * len(envs)
+        self.ops: dict[str, Callable[[Any], list[Any]]] = {
+            "step": self.step,
+            "reset": self.reset,
+            "close": self.close,
+        }
+
+    def step(self, actions: Any) -> list[Any]:
+        envs = self.envs
+        if type(actions) is np.ndarray and actions.ndim > 0:
+            actions = list(actions)
+        if type(actions) is not list or len(actions) != len(envs):
+            raise ProtocolError(f"step expects {len(envs)} actions")
+        observations, rewards, terminations, truncations, infos = [], [], [], [], []
+        autoreset = self.autoreset
+        for env, action, skip in zip(envs, actions, autoreset, strict=True):
+            if not skip:  # all actions are checked before any env moves
+                env.check(action)
+        for i, (env, action) in enumerate(zip(envs, actions, strict=True)):
+            if autoreset[i]:
+                obs, info = env.env.reset()
+                reward, terminated, truncated = 0.0, False, False
+            else:
+                obs, reward, terminated, truncated, info = env.env.step(action)
+            observations.append(obs)
+            rewards.append(reward)
+            terminations.append(terminated)
+            truncations.append(truncated)
+            infos.append(info)
+            autoreset[i] = bool(terminated or truncated)
+        return [
+            OK,
+            _stacked(observations),
+            np.array(rewards, dtype=np.float64),
+            np.array(terminations, dtype=np.bool_),
+            np.array(truncations, dtype=np.bool_),
+            infos,
+        ]
+
+    def reset(self, args: Any) -> list[Any]:
+        if not (
+            type(args) is list and len(args) == 2 and type(args[0]) is list and len(args[0]) == len(self.envs)
+        ):
+            raise ProtocolError(f"reset expects [[seed] * {len(self.envs)}, options]")
+        seeds, options = args
+        observations, infos = [], []
+        for env, seed in zip(self.envs, seeds, strict=True):
+            _, obs, info = env.reset([seed, options])
+            observations.append(obs)
+            infos.append(info)
+        self.autoreset = [False] * len(self.envs)
+        return [OK, _stacked(observations), infos]
+
+    def close(self, _: Any = None) -> list[Any]:
+        for env in self.envs:
+            env.close()
+        return [OK, None]
+
+    def handle(self, op: Any, args: Any) -> list[Any]:
+        """Run one request and return its reply frame."""
+        try:
+            method = self.ops.get(op) if type(op) is str else None
+            if method is None:
+                raise ProtocolError(f"unknown operation {op!r:.40}")
+            if any(env.closed for env in self.envs) and op != "close":
+                raise RuntimeError("an environment of this group is closed")
+            return method(args)
+        except Exception as exc:
+            return [ERROR, error_payload(exc)]
+
+
+def _stacked(observations: list[Any]) -> np.ndarray | list[Any]:
+    """One array if every observation is an array of the same dtype and shape (one frame
+    item instead of many), else the list."""
+    first = observations[0]
+    if type(first) is not np.ndarray:
+        return observations
+    dtype, shape = first.dtype, first.shape
+    for obs in observations:
+        if type(obs) is not np.ndarray or obs.dtype != dtype or obs.shape != shape:
+            return observations
+    return np.stack(observations)
 
 
 @Pyro5.api.expose
@@ -313,44 +441,52 @@ class EnvStreamServer:
             threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
 
     def serve(self, conn: socket.socket) -> None:
+        channel = wire.Channel(conn)
         try:
             with conn:
-                env = self._accept(conn)
-                if env is None:
+                target = self._accept(channel)
+                if target is None:
                     return
+                recv, send, handle = channel.recv, channel.send, target.handle
                 while True:
-                    request = wire.recv_frame(conn)
-                    if not (isinstance(request, list) and len(request) == 2):
-                        wire.send_frame(
-                            conn, [ERROR, error_payload(ProtocolError("a request is [op, args]"))]
-                        )
-                        continue
-                    response = env.handle(request[0], request[1])
+                    request = recv()
+                    if type(request) is list and len(request) == 2:
+                        response = handle(request[0], request[1])
+                    else:
+                        response = [ERROR, error_payload(ProtocolError("a request is [op, args]"))]
                     try:
-                        wire.send_frame(conn, response)
+                        send(response)
                     except TypeError as exc:  # a result the codec cannot carry
-                        wire.send_frame(conn, [ERROR, error_payload(exc)])
+                        send([ERROR, error_payload(exc)])
         except (ConnectionError, OSError, ProtocolError):
             return  # client went away or spoke garbage: drop the connection
         except Exception:  # a bug of ours: say so, keep serving the others
             traceback.print_exc()
 
-    def _accept(self, conn: socket.socket) -> RemoteEnvironmentServer | None:
-        conn.settimeout(10.0)  # a client must say hello promptly
+    def _accept(self, channel: wire.Channel) -> RemoteEnvironmentServer | EnvGroupServer | None:
+        channel.settimeout(10.0)  # a client must say hello promptly
         try:
-            hello = wire.recv_frame(conn)
+            hello = channel.recv()
             check_hello(hello, self.secret)
-            handle = hello.get("env")
-            env = self.runner.envs.get(handle) if isinstance(handle, int) else None
-            if env is None:
-                raise ProtocolError(f"no environment with handle {handle!r:.40}")
+            target = self._target(hello)
         except (ProtocolError, TimeoutError) as exc:
             with contextlib.suppress(OSError):
-                wire.send_frame(conn, [ERROR, error_payload(exc)])
+                channel.send([ERROR, error_payload(exc)])
             return None
-        conn.settimeout(None)
-        wire.send_frame(conn, [OK, None])
-        return env
+        channel.settimeout(None)
+        channel.send([OK, None])
+        return target
+
+    def _target(self, hello: dict[str, Any]) -> RemoteEnvironmentServer | EnvGroupServer:
+        """The env (``"env": handle``) or group (``"envs": [handle, ...]``) a stream serves."""
+        envs = self.runner.envs
+        handles = hello.get("envs", [hello.get("env")])
+        found = [envs.get(h) if type(h) is int else None for h in handles] if type(handles) is list else []
+        if not found or None in found:
+            raise ProtocolError(f"no environment with handle {handles!r:.40}")
+        if "envs" in hello:
+            return EnvGroupServer(found)  # type: ignore[arg-type]
+        return found[0]  # type: ignore[return-value]
 
 
 def _only_msgpack() -> None:

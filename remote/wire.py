@@ -1,18 +1,24 @@
-"""The wire: a msgpack codec for gymnasium values, and length-prefixed frames on a socket.
+"""The wire: a msgpack codec for gymnasium values, and frames on a socket.
 
-Values that cross the wire are msgpack with three extension types:
+Values that cross the wire are msgpack with these extension types:
 
-* ``ndarray``: a small msgpack header ``[dtype.str, shape]`` followed by the raw buffer
-  (C order). Dtype, byte order and shape survive exactly; nothing goes through ``tolist()``.
+* ``ndarray``: a small header (dtype string, shape) followed by the raw buffer (C order).
+  Dtype, byte order and shape survive exactly; nothing goes through ``tolist()``.
+* ``ndarray out of band`` (frames only): the header alone; the array's bytes follow the
+  msgpack body in the frame, sent straight from the array's memory and received straight
+  into the new array's memory. Used for arrays of :data:`OUT_OF_BAND` bytes or more.
 * ``tuple``: msgpack has only arrays, which decode as lists; tuples are tagged so that
-  nested tuples (``Tuple`` spaces, ``step`` results) come back as tuples.
+  nested tuples (``Tuple`` spaces) come back as tuples.
 * ``numpy scalar``: ``np.float32(1.5)`` stays an ``np.float32``.
 
 Only plain data is ever decoded: no classes, no pickle, no code. Anything else raises
 :class:`~remote.errors.ProtocolError` (decode) or ``TypeError`` (encode).
 
-A frame is a 4-byte little-endian length followed by one msgpack body. Frames larger than
-:data:`MAX_FRAME` are refused on both sides.
+A frame is ``[u32 size][u32 body size][msgpack body][out-of-band array bytes]`` (little
+endian; ``size`` counts everything after itself). Frames larger than :data:`MAX_FRAME`
+are refused on both sides. A :class:`Channel` is a socket speaking frames; its peer
+sends a frame only as the answer to one of ours, so a frame never shares a read with
+the next.
 """
 
 from __future__ import annotations
@@ -33,87 +39,169 @@ PROTOCOL_VERSION = 1
 #: Largest frame accepted in either direction (bytes).
 MAX_FRAME = 512 * 1024 * 1024
 
+#: Arrays of at least this many bytes travel out of band in frames.
+OUT_OF_BAND = 4096
+
 _EXT_NDARRAY = 1
 _EXT_TUPLE = 2
 _EXT_SCALAR = 3
-_HEADER = struct.Struct("<I")
+_EXT_NDARRAY_OOB = 4
+_SIZE = struct.Struct("<I")
+_HEADER = struct.Struct("<II")
+_ARRAY_HEADERS: dict[tuple[np.dtype, tuple[int, ...]], bytes] = {}
+_PARSED_HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...], int, int]] = {}
 
 
-class _PackerPool(threading.local):
-    """Reusable packers, per thread. A tuple or array inside a value is packed while the
-    outer packer is busy, so each nesting level takes its own; creating a Packer inside
-    a ``default`` hook costs ~15 µs, reusing one ~0.3 µs."""
+class _ThreadState(threading.local):
+    """Reusable packers, per thread and per mode. A tuple inside a value is packed while
+    the outer packer is busy, so each nesting level takes its own; creating a Packer
+    inside a ``default`` hook costs ~15 µs, reusing one ~0.3 µs."""
 
     def __init__(self) -> None:
-        self.free: list[msgpack.Packer] = []
+        self.inline: list[msgpack.Packer] = []
+        self.framed: list[msgpack.Packer] = []
+        self.out_of_band: list[np.ndarray] = []  # arrays of the frame being packed
 
 
-_pool = _PackerPool()
+_state = _ThreadState()
 
 
 def _pack(obj: Any) -> bytes:
-    free = _pool.free
+    free = _state.inline
     packer = free.pop() if free else msgpack.Packer(default=_default, use_bin_type=True, strict_types=True)
     data = packer.pack(obj)  # on error the packer is dropped, not returned dirty
     free.append(packer)
     return data
 
 
-def _default(obj: Any) -> msgpack.ExtType:
-    if isinstance(obj, np.ndarray):
-        return msgpack.ExtType(_EXT_NDARRAY, _pack_array(obj))
+def _pack_framed(obj: Any) -> bytes:
+    free = _state.framed
+    packer = (
+        free.pop() if free else msgpack.Packer(default=_default_framed, use_bin_type=True, strict_types=True)
+    )
+    data = packer.pack(obj)
+    free.append(packer)
+    return data
+
+
+def _default(obj: Any) -> Any:
+    if type(obj) is np.ndarray:
+        return msgpack.ExtType(_EXT_NDARRAY, _array_header(obj) + np.ascontiguousarray(obj).tobytes())
+    return _plain(obj, _default, _pack)
+
+
+def _default_framed(obj: Any) -> Any:
+    if type(obj) is np.ndarray:
+        if obj.nbytes < OUT_OF_BAND:
+            return msgpack.ExtType(_EXT_NDARRAY, _array_header(obj) + np.ascontiguousarray(obj).tobytes())
+        header = _array_header(obj)
+        _state.out_of_band.append(np.ascontiguousarray(obj))
+        return msgpack.ExtType(_EXT_NDARRAY_OOB, header)
+    return _plain(obj, _default_framed, _pack_framed)
+
+
+def _plain(obj: Any, default: Any, pack: Any) -> Any:
     if isinstance(obj, tuple):
-        return msgpack.ExtType(_EXT_TUPLE, _pack(list(obj)))
+        return msgpack.ExtType(_EXT_TUPLE, pack(list(obj)))
     if isinstance(obj, np.generic):
-        return msgpack.ExtType(_EXT_SCALAR, _pack_array(np.asarray(obj)))
+        array = np.asarray(obj)
+        return msgpack.ExtType(_EXT_SCALAR, _array_header(array) + array.tobytes())
+    if isinstance(obj, np.ndarray):  # a subclass (np.matrix, masked arrays): send the plain array
+        return default(np.asarray(obj).view(np.ndarray))
     for plain in (dict, list, bool, int, float, str, bytes):  # subclasses: OrderedDict, IntEnum
         if isinstance(obj, plain):
             return plain(obj)
     raise TypeError(f"cannot send a {type(obj).__name__} over the wire: {obj!r:.80}")
 
 
-def _pack_array(array: np.ndarray) -> bytes:
-    """``[len(dtype)][dtype.str][ndim][shape as int64 ...][C-order buffer]``."""
-    dtype = array.dtype
-    if dtype.hasobject or dtype.names is not None or dtype.subdtype is not None:
-        raise TypeError(f"cannot send an array of dtype {dtype} (object or structured)")
-    code = dtype.str.encode("ascii")
-    shape = array.shape
-    header = struct.pack(f"<B{len(code)}sB{len(shape)}q", len(code), code, len(shape), *shape)
-    return header + np.ascontiguousarray(array).tobytes()
+def _array_header(array: np.ndarray) -> bytes:
+    """``[len(dtype)][dtype.str][ndim][shape as int64 ...]``, cached per dtype and shape."""
+    key = (array.dtype, array.shape)
+    header = _ARRAY_HEADERS.get(key)
+    if header is None:
+        dtype = array.dtype
+        if dtype.hasobject or dtype.names is not None or dtype.subdtype is not None:
+            raise TypeError(f"cannot send an array of dtype {dtype} (object or structured)")
+        code = dtype.str.encode("ascii")
+        shape = array.shape
+        header = struct.pack(f"<B{len(code)}sB{len(shape)}q", len(code), code, len(shape), *shape)
+        if len(_ARRAY_HEADERS) > 1024:
+            _ARRAY_HEADERS.clear()
+        _ARRAY_HEADERS[key] = header
+    return header
 
 
-def _ext_hook(code: int, data: bytes) -> Any:
-    if code == _EXT_TUPLE:
-        return tuple(_unpack(data))
-    if code in (_EXT_NDARRAY, _EXT_SCALAR):
-        array = _unpack_array(data)
-        return array[()] if code == _EXT_SCALAR else array
-    raise ProtocolError(f"unknown msgpack extension type {code}")
-
-
-def _unpack_array(data: bytes) -> np.ndarray:
+def _parse_array_header(data: bytes) -> tuple[np.dtype, tuple[int, ...], int, int]:
+    """``(dtype, shape, header size, byte count)`` of an array header (cached); ProtocolError
+    if it is malformed or names an object, structured or empty dtype, or a negative size."""
     try:
         size = data[0]
+        end = 2 + size + 8 * data[1 + size]
+    except IndexError:
+        raise ProtocolError("malformed array header: too short") from None
+    key = data[:end]
+    parsed = _PARSED_HEADERS.get(key)
+    if parsed is not None:
+        return parsed
+    try:
         dtype = np.dtype(data[1 : 1 + size].decode("ascii"))
-        ndim = data[1 + size]
-        offset = 2 + size + 8 * ndim
-        shape = struct.unpack_from(f"<{ndim}q", data, 2 + size)
+        shape = struct.unpack_from(f"<{data[1 + size]}q", data, 2 + size)
     except Exception as exc:
         raise ProtocolError(f"malformed array header: {exc}") from None
-    if dtype.hasobject or dtype.names is not None or any(n < 0 for n in shape):
+    if (
+        dtype.hasobject
+        or dtype.names is not None
+        or dtype.subdtype is not None
+        or dtype.itemsize == 0
+        or any(n < 0 for n in shape)
+    ):
         raise ProtocolError(f"refusing array of dtype {dtype} and shape {shape}")
     count = 1
     for n in shape:
         count *= n
-    if len(data) - offset != count * dtype.itemsize:
-        raise ProtocolError(f"array buffer has {len(data) - offset} bytes, expected {count * dtype.itemsize}")
-    # a copy: arrays handed to the user must be writable, as a local env's are
-    return np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape).copy()
+    parsed = dtype, shape, end, count * dtype.itemsize
+    if len(_PARSED_HEADERS) > 1024:
+        _PARSED_HEADERS.clear()
+    _PARSED_HEADERS[key] = parsed
+    return parsed
 
 
-def _unpack(data: bytes | bytearray) -> Any:
+def _new_array(dtype: np.dtype, shape: tuple[int, ...], memory: bytearray) -> np.ndarray:
+    """A writable array over ``memory`` (as a local env's arrays are writable)."""
+    try:
+        return np.ndarray(shape, dtype, memory)
+    except ValueError as exc:  # e.g. more dimensions than numpy allows
+        raise ProtocolError(f"refusing array of dtype {dtype} and shape {shape}: {exc}") from None
+
+
+def _inline_array(data: bytes) -> np.ndarray:
+    dtype, shape, offset, nbytes = _parse_array_header(data)
+    if len(data) - offset != nbytes:
+        raise ProtocolError(f"array buffer has {len(data) - offset} bytes, expected {nbytes}")
+    return _new_array(dtype, shape, bytearray(memoryview(data)[offset:]))
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code == _EXT_NDARRAY:
+        return _inline_array(data)
+    if code == _EXT_TUPLE:
+        return tuple(_unpack(data))
+    if code == _EXT_SCALAR:
+        return _inline_array(data)[()]
+    raise ProtocolError(f"unknown msgpack extension type {code}")
+
+
+def _unpack(data: bytes | bytearray | memoryview) -> Any:
     return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False, use_list=True)
+
+
+def _decode(unpack: Any, data: bytes | bytearray | memoryview) -> Any:
+    try:
+        return unpack(data)
+    except ProtocolError:
+        raise
+    except Exception as exc:
+        raise ProtocolError(f"malformed message: {type(exc).__name__}: {exc}") from None
 
 
 def dumps(obj: Any) -> bytes:
@@ -121,45 +209,159 @@ def dumps(obj: Any) -> bytes:
     return _pack(obj)
 
 
-def loads(data: bytes | bytearray) -> Any:
+def loads(data: bytes | bytearray | memoryview) -> Any:
     """Decode bytes produced by :func:`dumps`; raise ProtocolError on anything malformed."""
+    return _decode(_unpack, data)
+
+
+def _bytes_of(array: np.ndarray) -> memoryview:
+    """The memory of a C-contiguous array as bytes, without a copy."""
     try:
-        return _unpack(data)
-    except ProtocolError:
-        raise
-    except Exception as exc:
-        raise ProtocolError(f"malformed message: {type(exc).__name__}: {exc}") from None
+        return memoryview(array).cast("B")
+    except (TypeError, ValueError):  # datetime dtypes export no buffer
+        return memoryview(array.reshape(-1).view(np.uint8))
 
 
 def send_frame(sock: socket.socket, obj: Any) -> None:
-    """Encode ``obj`` and send it as one frame."""
-    body = dumps(obj)
-    if len(body) > MAX_FRAME:
-        raise ProtocolError(f"message of {len(body)} bytes exceeds the limit of {MAX_FRAME}")
-    sock.sendall(_HEADER.pack(len(body)) + body)
+    """Encode ``obj`` and send it as one frame; large arrays go from their own memory."""
+    arrays = _state.out_of_band
+    arrays.clear()
+    body = _pack_framed(obj)
+    if not arrays:
+        size = 4 + len(body)
+        if size > MAX_FRAME:
+            raise ProtocolError(f"message of {size} bytes exceeds the limit of {MAX_FRAME}")
+        sock.sendall(_HEADER.pack(size, len(body)) + body)
+        return
+    # arrays go to sendmsg as they are (their buffer is their C-order memory); datetime
+    # arrays export no buffer, so they go as bytes views
+    size = 4 + len(body)
+    buffers: list[Any] = [None, body]
+    for array in arrays:
+        size += array.nbytes
+        buffers.append(array if array.dtype.kind not in "Mm" else _bytes_of(array))
+    arrays.clear()
+    if size > MAX_FRAME:
+        raise ProtocolError(f"message of {size} bytes exceeds the limit of {MAX_FRAME}")
+    buffers[0] = _HEADER.pack(size, len(body))
+    sent = sock.sendmsg(buffers)
+    if sent == size + 4:
+        return
+    for buffer in buffers:  # the socket took part of it: send the rest in order
+        view = _bytes_of(buffer) if isinstance(buffer, np.ndarray) else memoryview(buffer)
+        if sent >= view.nbytes:
+            sent -= view.nbytes
+            continue
+        sock.sendall(view[sent:])
+        sent = 0
 
 
 def recv_frame(sock: socket.socket) -> Any:
     """Receive one frame and decode it. Raise ConnectionError on EOF."""
-    (size,) = _HEADER.unpack(_recv_exact(sock, _HEADER.size))
+    return Channel(sock, buffer_size=4096).recv()
+
+
+def _check_size(size: int) -> None:
     if size > MAX_FRAME:
         raise ProtocolError(f"peer announced a message of {size} bytes (limit {MAX_FRAME})")
-    return loads(_recv_exact(sock, size))
 
 
-def _recv_exact(sock: socket.socket, size: int) -> bytes | bytearray:
-    data = sock.recv(size)  # the common case: the whole frame in one recv
-    if len(data) == size:
-        return data
-    if not data:
-        raise ConnectionResetError("connection closed by peer")
-    buffer = bytearray(size)
-    buffer[: len(data)] = data
-    view = memoryview(buffer)
-    got = len(data)
-    while got < size:
-        n = sock.recv_into(view[got:])
-        if n == 0:
+class Channel:
+    """A connected socket that sends and receives frames, with a reusable receive buffer.
+
+    Out-of-band arrays are received into their own memory: bytes that arrived with the
+    body are copied once, the rest is read straight into the array.
+    """
+
+    def __init__(self, sock: socket.socket, buffer_size: int = 65536) -> None:
+        self.sock = sock
+        self._buffer = bytearray(buffer_size)
+        self._view = memoryview(self._buffer)
+        self._pending: list[bytearray] = []  # memory of the out-of-band arrays of this frame
+        self._budget = 0  # out-of-band bytes announced by the frame and not yet claimed
+
+    def send(self, obj: Any) -> None:
+        send_frame(self.sock, obj)
+
+    def _fill(self, got: int, need: int) -> int:
+        if got == 0 and need:  # recv_into returned 0 bytes: end of file
             raise ConnectionResetError("connection closed by peer")
-        got += n
-    return buffer
+        recv_into = self.sock.recv_into
+        view = self._view
+        while got < need:
+            n = recv_into(view[got:])
+            if n == 0:
+                raise ConnectionResetError("connection closed by peer")
+            got += n
+        return got
+
+    def recv(self) -> Any:
+        buffer = self._buffer
+        got = self.sock.recv_into(self._view)  # usually the whole frame
+        if got < 8:
+            got = self._fill(got, 4)
+            _check_size(_SIZE.unpack_from(buffer)[0])
+            got = self._fill(got, 8)
+        size, body_size = _HEADER.unpack_from(buffer)
+        _check_size(size)
+        if body_size > size - 4:
+            raise ProtocolError(f"frame body of {body_size} bytes does not fit a frame of {size}")
+        end = 8 + body_size
+        if got < end:
+            if end > len(buffer):  # a large body: grow the buffer, keep what arrived
+                grown = bytearray(end)
+                grown[:got] = self._view[:got]
+                self._buffer, self._view = grown, memoryview(grown)
+            got = self._fill(got, end)
+        if got > size + 4:
+            raise ProtocolError("peer sent more than one frame without waiting for an answer")
+        self._budget = size + 4 - end
+        if not self._budget:  # no out-of-band arrays
+            return _decode(self._unpack, self._view[8:end])
+        try:
+            value = _decode(self._unpack, self._view[8:end])
+            if self._budget:
+                raise ProtocolError(f"frame has {self._budget} out-of-band bytes no array claims")
+            self._receive_arrays(got - end, end)
+        finally:
+            self._pending.clear()
+        return value
+
+    def _receive_arrays(self, buffered: int, start: int) -> None:
+        view = self._view
+        recv_into = self.sock.recv_into
+        for memory in self._pending:
+            target = memoryview(memory)
+            nbytes = len(memory)
+            take = min(buffered, nbytes)
+            if take:
+                target[:take] = view[start : start + take]
+                start += take
+                buffered -= take
+            while take < nbytes:
+                n = recv_into(target[take:])
+                if n == 0:
+                    raise ConnectionResetError("connection closed by peer")
+                take += n
+
+    def _unpack(self, data: memoryview) -> Any:
+        return msgpack.unpackb(data, ext_hook=self._ext_hook, raw=False, strict_map_key=False, use_list=True)
+
+    def _ext_hook(self, code: int, data: bytes) -> Any:
+        if code == _EXT_NDARRAY_OOB:  # the data is the header alone: look it up as it is
+            dtype, shape, offset, nbytes = _PARSED_HEADERS.get(data) or _parse_array_header(data)
+            if offset != len(data) or nbytes > self._budget:
+                raise ProtocolError(f"out-of-band array of {nbytes} bytes does not fit the frame")
+            self._budget -= nbytes
+            memory = bytearray(nbytes)
+            self._pending.append(memory)
+            return _new_array(dtype, shape, memory)
+        if code == _EXT_TUPLE:
+            return tuple(self._unpack(data))
+        return _ext_hook(code, data)
+
+    def settimeout(self, timeout: float | None) -> None:
+        self.sock.settimeout(timeout)
+
+    def close(self) -> None:
+        self.sock.close()

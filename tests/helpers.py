@@ -26,13 +26,17 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def process_state(pid: int) -> str:
+    """The state letter of ``pid`` in /proc (R, S, T, Z, ...), or "" if it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return ""
+
+
 def alive(pid: int) -> bool:
     """True if ``pid`` runs (a zombie, or a process gone while we look, does not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    return process_state(pid) not in ("", "Z")
 
 
 def wait_gone(pids: list[int], seconds: float = 5.0) -> list[int]:

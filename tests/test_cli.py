@@ -322,13 +322,18 @@ def test_check_of_a_missing_image_is_a_runtime_failure(tmp_path, cache_root):
     assert done.returncode == 3 and "no image" in done.stderr
 
 
-def test_bench_runs_remote_bench_or_says_it_is_missing():
+def test_bench_runs_remote_bench_or_says_it_is_missing(image, cache_root):
     if importlib.util.find_spec("remote.bench") is None:
         done = cli("bench")
         assert done.returncode == 3 and "remote.bench" in done.stderr
     else:
-        done = cli("bench", "--", "--help")
+        done = cli("bench", "--quick", "--image", image, timeout=300)
         assert done.returncode == 0, done.stderr
+        assert "| measurement | median |" in done.stdout and "CartPole remote step" in done.stdout
+        done = cli("bench", "--help")
+        assert done.returncode == 0 and "remote.bench" in done.stdout and "--quick" in done.stdout
+        missing = cli("bench", "--quick", "--image", "/nonexistent.sif")
+        assert missing.returncode == 2 and "/nonexistent.sif" in missing.stderr  # its own usage error
 
 
 class _Terminal(io.StringIO):

@@ -128,3 +128,23 @@ class SpawningEnv(gym.Env):
 
     def step(self, action):
         return np.zeros(1, np.float32), 0.0, False, False, {}
+
+
+class EchoEnv(gym.Env):
+    """uint8 observations of ``nbytes`` (seeded noise); ``reset(options={"echo": x})``
+    returns ``x`` in its info, so arrays travel host → container → host."""
+
+    def __init__(self, nbytes: int = 1024) -> None:
+        self.observation_space = spaces.Box(0, 255, (nbytes,), np.uint8)
+        self.action_space = spaces.Discrete(2)
+        self.nbytes = nbytes
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        return self._obs(), {"echo": (options or {}).get("echo")}
+
+    def step(self, action):
+        return self._obs(), float(action), False, False, {}
+
+    def _obs(self) -> np.ndarray:
+        return self.np_random.integers(0, 256, self.nbytes, dtype=np.uint8)

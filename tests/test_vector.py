@@ -1,0 +1,128 @@
+"""remote.make_vec: batched envs over several containers, equal to SyncVectorEnv."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import remote
+from remote.vector import RemoteVectorEnv
+
+
+def _local_test_env(name: str) -> type:
+    import importlib
+    import sys
+
+    from conftest import TEST_ENVS
+
+    if str(TEST_ENVS) not in sys.path:
+        sys.path.insert(0, str(TEST_ENVS))
+    return getattr(importlib.import_module("testenvs"), name)
+
+
+def _same(a, b) -> None:
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for key in a:
+            _same(a[key], b[key])
+    elif isinstance(a, tuple):
+        assert isinstance(b, tuple) and len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            _same(x, y)
+    else:
+        assert isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape
+        assert a.tobytes() == b.tobytes()
+
+
+def _compare(remote_envs, local_envs, steps: int, seed) -> int:
+    """Step both with the same actions; return how many autoresets happened."""
+    _same(*(e.reset(seed=seed)[0] for e in (remote_envs, local_envs)))
+    local_envs.action_space.seed(1)
+    autoresets = 0
+    for _ in range(steps):
+        actions = local_envs.action_space.sample()
+        got, want = remote_envs.step(actions), local_envs.step(actions)
+        _same(got[0], want[0])
+        for g, w in zip(got[1:4], want[1:4], strict=True):
+            assert g.dtype == w.dtype and np.array_equal(g, w)
+        assert got[4].keys() == want[4].keys()
+        autoresets += int(np.sum(want[2] | want[3]))
+    return autoresets
+
+
+def test_cartpole_trajectories_equal_sync_vector_env_across_autoresets(image):
+    envs = remote.make_vec("CartPole-v1", 5, image=image, envs_per_container=2)
+    local = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")] * 5)
+    try:
+        assert isinstance(envs, gym.vector.VectorEnv) and envs.group_sizes == [2, 2, 1]
+        assert envs.num_envs == 5 and envs.observation_space == local.observation_space
+        assert envs.action_space == local.action_space
+        assert envs.metadata["autoreset_mode"] == gym.vector.AutoresetMode.NEXT_STEP
+        assert len({r.info["pid"] for r in envs._runners}) == 3 or len(envs._runners) == 3
+        assert _compare(envs, local, 150, seed=7) > 5  # several episodes ended and restarted
+        assert _compare(envs, local, 30, seed=[11, 12, 13, 14, 15]) >= 0
+    finally:
+        envs.close()
+        local.close()
+    assert all(not r.alive for r in envs._runners)
+
+
+def test_dict_tuple_spaces_batched_as_gymnasium_does(image, test_env_options):
+    envs = remote.make_vec(
+        "testenvs:DictTupleEnv", 3, image=image, envs_per_container=2, runner_options=test_env_options
+    )
+    local = gym.vector.SyncVectorEnv([_local_test_env("DictTupleEnv")] * 3)
+    try:
+        assert envs.observation_space == local.observation_space
+        assert _compare(envs, local, 45, seed=3) == 6  # each env ends at t=20 and t=40
+    finally:
+        envs.close()
+        local.close()
+
+
+def test_errors_keep_every_stream_in_step(image, test_env_options):
+    with pytest.raises(remote.EnvCreationError):
+        remote.make_vec("NoSuchEnv-v0", 2, image=image, envs_per_container=1)
+    envs = remote.make_vec(
+        "testenvs:FaultyEnv", 3, image=image, envs_per_container=2, runner_options=test_env_options
+    )
+    try:
+        envs.reset(seed=0)
+        with pytest.raises(ValueError, match="cursed"):
+            envs.step(np.array([0, 0, 2]))
+        with pytest.raises(remote.InvalidAction):
+            envs.step(np.array([0, 7, 0]))  # refused before any env of that container moves
+        obs, rewards, *_ = envs.step(np.array([1, 1, 1]))
+        # env 2 failed on action 2, then moved on 0 and 1; envs 0, 1 moved on 0, not on 7, then on 1
+        assert obs[:, 0].tolist() == [2.0, 2.0, 2.0] and rewards.tolist() == [1.0, 1.0, 1.0]
+        with pytest.raises(ValueError, match="5 envs|3 envs"):
+            envs.reset(seed=[1, 2])
+    finally:
+        envs.close()
+    with pytest.raises(remote.RemoteError):
+        envs._streams[0].call("step", [0, 0], 6)
+
+
+def test_close_is_idempotent_and_repr(image):
+    envs = remote.make_vec("CartPole-v1", 2, image=image)
+    assert isinstance(envs, RemoteVectorEnv) and "2 envs in 1 containers" in repr(envs)
+    envs.close()
+    envs.close()
+    assert not envs._runners[0].alive
+
+
+def test_a_dead_container_raises_container_died_and_the_rest_closes(image):
+    import os
+    import signal
+
+    envs = remote.make_vec("CartPole-v1", 4, image=image, envs_per_container=2)
+    try:
+        envs.reset(seed=0)
+        os.kill(envs._runners[1]._process.pid, signal.SIGKILL)
+        with pytest.raises(remote.ContainerDied):
+            for _ in range(100):  # the first step may be answered before the kill lands
+                envs.step(np.zeros(4, dtype=np.int64))
+    finally:
+        envs.close()
+    assert not any(r.alive for r in envs._runners)

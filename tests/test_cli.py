@@ -330,6 +330,7 @@ def test_bench_runs_remote_bench_or_says_it_is_missing(image, cache_root):
         done = cli("bench", "--quick", "--image", image, timeout=300)
         assert done.returncode == 0, done.stderr
         assert "| measurement | median |" in done.stdout and "CartPole remote step" in done.stdout
+        assert "| warm `Pool.make` → first `reset` |" in done.stdout  # the warm pool's figure
         done = cli("bench", "--help")
         assert done.returncode == 0 and "remote.bench" in done.stdout and "--quick" in done.stdout
         missing = cli("bench", "--quick", "--image", "/nonexistent.sif")

@@ -38,6 +38,7 @@ from .errors import (
 )
 from .experiments import resolve as resolve_experiment
 from .payload import BOOTSTRAP, payload_dir
+from .record import Owner
 from .runtime import Runtime, ServerProcess, get_runtime
 
 #: Seconds a call may take before :class:`CallTimeout`; ``$REMOTE_TIMEOUT`` overrides it.
@@ -138,8 +139,6 @@ class RemoteRunner:
         try:
             self._secret = secrets.token_hex(32)
             _write_private(self.run_dir / "secret", self._secret)
-            from .record import Owner  # not at the top: the server side (the image) has no psutil
-
             owner = Owner.current()  # lets `remote gc` tell a stale run folder from a live one
             config = {"transport": transport, "ports": ports, "owner": [owner.pid, owner.started]}
             _write_private(self.run_dir / "config.json", json.dumps(config))
@@ -549,8 +548,6 @@ def stale_run_dirs() -> list[Path]:
     """This user's run folders (``rmt-*``) whose host process is dead. Normally a run folder
     goes with its container; one stays only if its sweeper was killed too (``kill -9`` of the
     whole process group). Folders without a readable owner are left alone."""
-    from .record import Owner  # not at the top: the server side (the image) has no psutil
-
     stale = []
     for base in dict.fromkeys(_run_dir_bases()):
         for path in Path(base).glob("rmt-*"):

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # setup.sh - everything remote needs on a fresh Debian 12 machine, idempotent:
 #   1. Apptainer (scripts/install-apptainer.sh; needs root),
-#   2. a virtual environment .venv with remote and its dev tools (pip install -e .[dev]),
+#   2. a virtual environment .venv with remote, its dev tools and the cluster extra (ray,
+#      submitit: ~80 MB, ~10 s) (pip install -e .[dev,cluster]),
 #   3. the test images in .images/ (scripts/build-test-images.sh; needs root),
 #   4. for the process runtime, two venvs with conflicting numpy versions: .venvs/envA
 #      (numpy 1.x) and .venvs/envB (numpy 2.x), each with gymnasium 1.x,
@@ -29,7 +30,7 @@ if [ ! -x .venv/bin/python ]; then
   "${PYTHON:-python3}" -m venv .venv
 fi
 log "installing remote into .venv"
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,cluster]"
 
 if [ "$(id -u)" -eq 0 ]; then
   log "test images"

@@ -21,12 +21,12 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import socket
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
@@ -131,9 +131,8 @@ class RayVectorEnv(VectorEnv):
         self._actors = list(actors)
         self._counts = list(counts)
         #: Per actor: node id, hostname, container name, record file and row.
-        self.placements = [
-            {k: d[k] for k in ("node_id", "hostname", "container", "record", "record_id")} for d in descriptions
-        ]
+        keys = ("node_id", "hostname", "container", "record", "record_id")
+        self.placements = [{k: d[k] for k in keys} for d in descriptions]
         first = descriptions[0]
         self.num_envs = sum(self._counts)
         self.single_observation_space = first["observation_space"]
@@ -272,10 +271,9 @@ class RayVectorEnv(VectorEnv):
 
         alive = [k for k in range(len(self._actors)) if k not in self._lost]
         futures = [self._actors[k].close.remote() for k in alive]
-        try:
+        # an actor that cannot close its envs still loses them when it is killed below
+        with contextlib.suppress(ray.exceptions.RayError, TimeoutError):
             ray.get(futures, timeout=30)
-        except (ray.exceptions.RayError, TimeoutError):
-            pass  # an actor that cannot close its envs still loses them when killed below
         for actor in self._actors:
             ray.kill(actor)
         self._actors = []
@@ -326,9 +324,10 @@ def make_vec(
     counts = [envs_per_actor] * (num_envs // envs_per_actor)
     if num_envs % envs_per_actor:
         counts.append(num_envs % envs_per_actor)
-    per_actor = (
-        [dict(r) for r in resources] if isinstance(resources, Sequence) else [dict(resources or {})] * len(counts)
-    )
+    if isinstance(resources, Sequence):
+        per_actor = [dict(r) for r in resources]
+    else:
+        per_actor = [dict(resources or {})] * len(counts)
     if len(per_actor) != len(counts):
         raise ValueError(f"resources: {len(per_actor)} mappings for {len(counts)} actors")
     needs_apptainer = "apptainer" in ray.cluster_resources()
@@ -347,7 +346,12 @@ def make_vec(
             options["memory"] = memory
         actors.append(
             actor_class.options(**options).remote(
-                str(image), env_id, count, f"{k}-{secrets.token_hex(3)}", dict(env_kwargs or {}), runner_options
+                str(image),
+                env_id,
+                count,
+                f"{k}-{secrets.token_hex(3)}",
+                dict(env_kwargs or {}),
+                runner_options,
             )
         )
     try:

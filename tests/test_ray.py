@@ -4,6 +4,7 @@ placed on both, stepped as one vector env, and one node killed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -55,10 +56,8 @@ def kill_node(folder: str, spare: list[psutil.Process] = ()) -> int:
     """SIGKILL every process of a Ray node but ``spare``: the node is gone."""
     procs = [p for p in _node_processes(folder) if p not in spare]
     for proc in procs:
-        try:
+        with contextlib.suppress(psutil.Error):
             proc.kill()
-        except psutil.Error:
-            pass
     psutil.wait_procs(procs, timeout=10)
     return len(procs)
 

@@ -8,7 +8,9 @@
 #      (numpy 1.x) and .venvs/envB (numpy 2.x), each with gymnasium 1.x,
 #   5. Podman and Docker (a dockerd is started if none runs) and the OCI test image
 #      remote-test:latest in each, for the podman and docker runtimes
-#      (scripts/install-podman.sh, install-docker.sh, build-oci-image.sh; as root, ~45 s).
+#      (scripts/install-podman.sh, install-docker.sh, build-oci-image.sh; as root, ~45 s),
+#   6. a one-node Slurm cluster for the Slurm tests (scripts/start-slurm.sh: Debian's
+#      slurm-wlm, munged, slurmctld, slurmd; as root, ~15 s to install, ~1 s to start).
 # Reruns take seconds. Environment: PYTHON (default python3) creates the venvs.
 set -Eeuo pipefail
 REPO=$(cd "$(dirname "$(readlink -f "$0")")/.." && pwd)
@@ -57,5 +59,7 @@ if [ "$(id -u)" -eq 0 ]; then
   bash scripts/install-docker.sh
   bash scripts/build-oci-image.sh
   ENGINE=docker bash scripts/build-oci-image.sh
+  log "Slurm (one node)"
+  bash scripts/start-slurm.sh
 fi
 log "done in $(( $(date +%s) - t0 )) s"

@@ -6,8 +6,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,7 +18,7 @@ import gymnasium as gym
 import numpy as np
 import psutil
 import pytest
-from conftest import IN_CI
+from conftest import IN_CI, REQUIRED
 from https_server import ImageServer
 
 import remote.slurm
@@ -136,3 +139,93 @@ def test_task_id_and_record_path(monkeypatch, tmp_path):
     monkeypatch.setenv("REMOTE_CACHE", str(tmp_path / "cache"))
     assert remote.slurm.record_path() == tmp_path / "cache" / "record.sqlite"  # tmp is not NFS
     assert remote.slurm.filesystem_type("/proc/self") == "proc"
+
+
+# -- a real one-node Slurm cluster (scripts/start-slurm.sh) ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def slurm() -> None:
+    up = shutil.which("sbatch") is not None and subprocess.run(["sinfo"], capture_output=True).returncode == 0
+    if not up:
+        message = "no Slurm cluster here (scripts/start-slurm.sh starts one, as root)"
+        if "slurm" in REQUIRED:
+            pytest.fail(f"REMOTE_TEST_REQUIRE has slurm: {message}", pytrace=False)
+        pytest.skip(message)
+
+
+def test_sbatch_array_of_eight(tmp_path, cluster_env, image, slurm):
+    data = Path(image).read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    server = ImageServer(tmp_path)
+    server.files["/gymnasium.sif"] = data
+    logs, out = tmp_path / "logs", tmp_path / "out"
+    out.mkdir()
+    try:
+        # sbatch passes this environment on: the shared cache, the node's record, the CA
+        env = {**os.environ, "REMOTE_CA_BUNDLE": str(server.ca_bundle)}
+        done = subprocess.run(
+            [
+                "sbatch",
+                "--wait",
+                "--array=0-7",
+                "--cpus-per-task=1",
+                f"--output={tmp_path}/slurm-%A_%a.out",
+                "--wrap",
+                " ".join(
+                    [sys.executable, str(TESTS / "slurm_tasks.py"), server.url("/gymnasium.sif"), digest]
+                    + [str(logs), str(out)]
+                ),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=280,
+        )
+    finally:
+        server.close()
+    outputs = "\n".join(p.read_text() for p in sorted(tmp_path.glob("slurm-*.out")))
+    assert done.returncode == 0, done.stderr + outputs
+    results = [json.loads((out / f"{i}.json").read_text()) for i in range(8)]
+    job = done.stdout.split()[-1] if done.stdout.strip() else None
+    assert server.gets("/gymnasium.sif") == 1, server.requests
+    assert len({r["container"] for r in results}) == 8
+    assert all(r["container"].startswith("slurm-") for r in results), job
+    assert len({r["run_dir"] for r in results}) == 8
+    ports = [p for r in results for p in r["ports"]]
+    assert len(set(ports)) == 16
+    assert [r["seed"] for r in results] == list(range(8))
+    assert len(list(logs.glob("slurm-*.log"))) == 8
+    for r in results:
+        assert f"task {r['task']} done" in Path(r["log"]).read_text()
+
+
+def test_scancel_stops_the_container_and_flushes_the_log(tmp_path, cluster_env, image, slurm):
+    hold, logs = tmp_path / "running.json", tmp_path / "logs"
+    script = (
+        f"import slurm_tasks; slurm_tasks.rollout(None, {image!r}, None, {str(logs)!r}, {str(hold)!r})"
+    )
+    submitted = subprocess.run(
+        ["sbatch", "--parsable", "--array=3", f"--output={tmp_path}/slurm-%A_%a.out", "--wrap",
+         f"{sys.executable} -c \"{script}\""],
+        capture_output=True, text=True, check=True,
+    )
+    job = submitted.stdout.strip().split(";")[0]
+    deadline = time.monotonic() + 120
+    while not hold.exists():
+        assert time.monotonic() < deadline, "the task did not start"
+        time.sleep(0.2)
+    time.sleep(0.2)
+    running = json.loads(hold.read_text())
+    container = psutil.Process(running["container_pid"])
+    tree = [container, *container.children(recursive=True)]
+    subprocess.run(["scancel", job], check=True)
+    gone, alive = psutil.wait_procs(tree, timeout=30)
+    assert not alive
+    deadline = time.monotonic() + 60
+    while subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True).stdout.strip():
+        assert time.monotonic() < deadline, "the job did not end"
+        time.sleep(0.2)
+    text = Path(running["log"]).read_text()
+    assert "task 3 got SIGTERM" in text and "task 3: container stopped" in text, text
+    assert not Path(running["run_dir"]).exists()

@@ -11,6 +11,7 @@ import shutil
 import socket
 import sqlite3
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -29,7 +30,6 @@ except ImportError:
         raise
     pytest.skip("ray is not installed (pip install -e .[cluster])", allow_module_level=True)
 
-RAY = Path(ray.__file__).parents[0]
 ENV_ID = "CartPole-v1"
 SEED = 100
 
@@ -85,7 +85,7 @@ class Cluster:
         where = ["--head", f"--port={self.address.split(':')[1]}"] if head else [f"--address={self.address}"]
         subprocess.run(
             [
-                str(Path(os.sys.executable).with_name("ray")),
+                str(Path(sys.executable).with_name("ray")),
                 "start",
                 *where,
                 "--node-ip-address=127.0.0.1",

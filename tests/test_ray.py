@@ -201,6 +201,25 @@ def test_spread_without_pinning_uses_both_nodes(cluster):
         envs.close()
 
 
+def test_container_dying_under_a_live_actor_raises_container_died(cluster):
+    import remote.ray
+
+    envs = remote.ray.make_vec(ENV_ID, 2, image=cluster.image, envs_per_actor=1, resources=PINNED[:2])
+    try:
+        envs.reset(seed=0)
+        actors = [p for p in _node_processes(cluster.temp["node_b"]) if p.cmdline()[:1] == ["ray::EnvActor"]]
+        assert len(actors) == 1
+        servers = [c for c in actors[0].children(recursive=True) if "remote.server" in " ".join(c.cmdline())]
+        assert len(servers) == 1
+        servers[0].kill()
+        with pytest.raises(remote.ContainerDied, match="died") as died:
+            envs.step(np.zeros(2, dtype=np.int64))
+        assert died.value.env_indices == [1]
+        assert actors[0].is_running()  # the actor lives on; only its container died
+    finally:
+        envs.close()
+
+
 def test_killed_node_raises_container_died_and_the_others_go_on(cluster):
     """Runs last: it kills node_b."""
     import remote.ray

@@ -190,9 +190,7 @@ def test_eight_envs_on_two_nodes_equal_local(cluster):
 
 
 def test_spread_without_pinning_uses_both_nodes(cluster):
-    import remote.ray
-
-    envs = remote.ray.make_vec(ENV_ID, 4, image=cluster.image, envs_per_actor=1, num_cpus=1)
+    envs = remote.make_vec(ENV_ID, 4, image=cluster.image, envs_per_container=1, backend="ray", num_cpus=1)
     try:
         assert set(envs.env_nodes) == set(cluster.node_ids.values())
         obs, _ = envs.reset(seed=0)

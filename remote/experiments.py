@@ -8,7 +8,7 @@ The file is JSON, kept in version control beside the experiment code::
         "exp:0.01": {
           "image": "https://example.org/images/bench.sif",
           "sha256": "4f1c...e9",
-          "protocol": 1
+          "protocol": 2
         }
       }
     }

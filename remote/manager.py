@@ -352,7 +352,7 @@ class ContainerManager:
             **runner_options: more :class:`remote.RemoteRunner` options (timeout, env, binds...).
         """
         name = instance_name(self.prefix, worker_id)
-        path = self._runtime.resolve_image(image).path
+        path = self._runtime.resolve_image(image, sha256=runner_options.pop("sha256", None)).path
         with self._lock:
             if name in self._containers and self._containers[name].state is not State.DELETED:
                 raise IllegalTransition(

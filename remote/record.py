@@ -120,8 +120,12 @@ class Owner:
 
 
 def default_path() -> Path:
-    """``record.sqlite`` in the cache folder (see :func:`remote.cache.cache_dir`)."""
-    return cache_dir() / "record.sqlite"
+    """``$REMOTE_RECORD``, else ``record.sqlite`` in the cache folder (see
+    :func:`remote.cache.cache_dir`). On a cluster whose cache is on a shared filesystem, set
+    ``REMOTE_RECORD`` to node-local storage: the record is per host (its owners are local
+    pids, its port leases local ports) and SQLite's WAL mode does not work over NFS."""
+    path = os.environ.get("REMOTE_RECORD")
+    return Path(path) if path else cache_dir() / "record.sqlite"
 
 
 class Record:

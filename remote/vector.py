@@ -202,13 +202,18 @@ def make_vec(
     *,
     image: str | os.PathLike[str],
     envs_per_container: int | None = None,
+    backend: str = "local",
     **kwargs: Any,
-) -> RemoteVectorEnv:
+) -> VectorEnv:
     """``num_envs`` copies of ``env_id`` as one ``gymnasium.vector.VectorEnv``.
 
     Args:
         envs_per_container: envs served by each container (default: all in one). With
             ``num_envs=5, envs_per_container=2`` three containers serve 2, 2 and 1 envs.
+        backend: ``"local"``: containers on this machine (:class:`RemoteVectorEnv`);
+            ``"ray"``: containers in Ray actors placed over a Ray cluster's nodes
+            (:func:`remote.ray.make_vec`, which takes its own options: ``num_cpus``,
+            ``resources``, ``address``, ``env_kwargs``, ...).
         **kwargs: ``copy``, ``transport``, ``timeout``, ``runner_options`` (more
             :class:`remote.RemoteRunner` arguments, e.g. ``binds``), and the env's kwargs.
 
@@ -217,4 +222,12 @@ def make_vec(
         envs = remote.make_vec("CartPole-v1", 16, image="gymnasium.sif", envs_per_container=8)
         obs, infos = envs.reset(seed=0)
     """
+    if backend == "ray":
+        from . import ray
+
+        return ray.make_vec(
+            env_id, num_envs, image=os.fspath(image), envs_per_actor=envs_per_container or 1, **kwargs
+        )
+    if backend != "local":
+        raise ValueError(f"backend must be 'local' or 'ray', not {backend!r}")
     return RemoteVectorEnv(env_id, num_envs, image=image, envs_per_container=envs_per_container, **kwargs)

@@ -34,7 +34,7 @@ import numpy as np
 from .errors import ProtocolError
 
 #: Version of the protocol spoken between host and container; checked on every connect.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 #: Largest frame accepted in either direction (bytes).
 MAX_FRAME = 512 * 1024 * 1024

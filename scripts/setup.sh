@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # setup.sh - everything remote needs on a fresh Debian 12 machine, idempotent:
 #   1. Apptainer (scripts/install-apptainer.sh; needs root),
-#   2. a virtual environment .venv with remote and its dev tools (pip install -e .[dev]),
+#   2. a virtual environment .venv with remote, its dev tools and the cluster extra (ray,
+#      submitit: ~80 MB, ~10 s) (pip install -e .[dev,cluster]),
 #   3. the test images in .images/ (scripts/build-test-images.sh; needs root),
 #   4. for the process runtime, two venvs with conflicting numpy versions: .venvs/envA
 #      (numpy 1.x) and .venvs/envB (numpy 2.x), each with gymnasium 1.x,
 #   5. Podman and Docker (a dockerd is started if none runs) and the OCI test image
 #      remote-test:latest in each, for the podman and docker runtimes
-#      (scripts/install-podman.sh, install-docker.sh, build-oci-image.sh; as root, ~45 s).
+#      (scripts/install-podman.sh, install-docker.sh, build-oci-image.sh; as root, ~45 s),
+#   6. a one-node Slurm cluster for the Slurm tests (scripts/start-slurm.sh: Debian's
+#      slurm-wlm, munged, slurmctld, slurmd; as root, ~15 s to install, ~1 s to start).
 # Reruns take seconds. Environment: PYTHON (default python3) creates the venvs.
 set -Eeuo pipefail
 REPO=$(cd "$(dirname "$(readlink -f "$0")")/.." && pwd)
@@ -29,7 +32,7 @@ if [ ! -x .venv/bin/python ]; then
   "${PYTHON:-python3}" -m venv .venv
 fi
 log "installing remote into .venv"
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,cluster]"
 
 if [ "$(id -u)" -eq 0 ]; then
   log "test images"
@@ -56,5 +59,7 @@ if [ "$(id -u)" -eq 0 ]; then
   bash scripts/install-docker.sh
   bash scripts/build-oci-image.sh
   ENGINE=docker bash scripts/build-oci-image.sh
+  log "Slurm (one node)"
+  bash scripts/start-slurm.sh
 fi
 log "done in $(( $(date +%s) - t0 )) s"

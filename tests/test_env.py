@@ -176,7 +176,7 @@ def test_make_one_liner_and_versions_from_inside(runtime):
     env = runtime.make("CartPole-v1")
     try:
         info = env.runner.info
-        assert info["protocol"] == 1 and info["gymnasium"] and info["numpy"]
+        assert info["protocol"] == remote.wire.PROTOCOL_VERSION and info["gymnasium"] and info["numpy"]
         obs, _ = env.reset(seed=0)
         assert obs.shape == (4,)
     finally:

@@ -32,6 +32,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
 
 from .errors import ContainerDied, ContainerStartError, RemoteError
+from .vector import seeds_for
 
 #: Event noted on the record when an actor's container starts: "ray node <id> on <host>".
 PLACED = "PLACED"
@@ -203,14 +204,7 @@ class RayVectorEnv(VectorEnv):
     ) -> tuple[Any, dict[str, Any]]:
         """Reset every env; ``seed`` an int gives env ``i`` the seed ``seed + i``."""
         self._check("reset")
-        if seed is None:
-            seeds: list[int | None] = [None] * self.num_envs
-        elif isinstance(seed, int):
-            seeds = [seed + i for i in range(self.num_envs)]
-        else:
-            seeds = list(seed)
-            if len(seeds) != self.num_envs:
-                raise ValueError(f"{len(seeds)} seeds for {self.num_envs} envs")
+        seeds = seeds_for(seed, self.num_envs)
         futures = [
             actor.reset.remote([seeds[i] for i in self._indices(k)], options)
             for k, actor in enumerate(self._actors)

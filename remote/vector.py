@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from copy import deepcopy
 from typing import Any
@@ -96,14 +96,7 @@ class RemoteVectorEnv(VectorEnv):
         self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
     ) -> tuple[Any, dict[str, Any]]:
         """Reset every env; ``seed`` an int (env i gets ``seed + i``) or one seed per env."""
-        if seed is None:
-            seeds: list[int | None] = [None] * self.num_envs
-        elif isinstance(seed, int):
-            seeds = [seed + i for i in range(self.num_envs)]
-        else:
-            seeds = list(seed)
-        if len(seeds) != self.num_envs:
-            raise ValueError(f"got {len(seeds)} seeds for {self.num_envs} envs")
+        seeds = seeds_for(seed, self.num_envs)
         if options is not None and "reset_mask" in options:
             raise ValueError("options['reset_mask'] is not supported by remote vector envs")
         replies = self._on_all("reset", [[seeds[a:b], options] for a, b in self._slices], 3)
@@ -194,6 +187,19 @@ class RemoteVectorEnv(VectorEnv):
 
     def __repr__(self) -> str:
         return f"<RemoteVectorEnv {self.num_envs} envs in {len(self.group_sizes)} containers>"
+
+
+def seeds_for(seed: int | Sequence[int | None] | None, num_envs: int) -> list[int | None]:
+    """One seed per env, as gymnasium's vector envs take them: None for all, an int ``s``
+    (env ``i`` gets ``s + i``), or a list of ``num_envs`` seeds."""
+    if seed is None:
+        return [None] * num_envs
+    if isinstance(seed, int):
+        return [seed + i for i in range(num_envs)]
+    seeds = list(seed)
+    if len(seeds) != num_envs:
+        raise ValueError(f"got {len(seeds)} seeds for {num_envs} envs")
+    return seeds
 
 
 def make_vec(

@@ -431,6 +431,18 @@ class EnvStreamServer:
         self.listener = listener
         self.runner = runner
         self.secret = secret
+        self.connections: set[socket.socket] = set()
+        self.lock = threading.Lock()
+
+    def stop(self) -> None:
+        """Cut every connection before the envs are closed at shutdown: a request in flight
+        then ends in a lost connection (the client reports the container's exit), never in
+        an answer from an env already closed."""
+        with self.lock:
+            connections, self.connections = list(self.connections), set()
+        for sock in [self.listener, *connections]:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def serve_forever(self) -> None:
         while True:
@@ -442,6 +454,8 @@ class EnvStreamServer:
 
     def serve(self, conn: socket.socket) -> None:
         channel = wire.Channel(conn)
+        with self.lock:
+            self.connections.add(conn)
         try:
             with conn:
                 target = self._accept(channel)
@@ -462,6 +476,9 @@ class EnvStreamServer:
             return  # client went away or spoke garbage: drop the connection
         except Exception:  # a bug of ours: say so, keep serving the others
             traceback.print_exc()
+        finally:
+            with self.lock:
+                self.connections.discard(conn)
 
     def _accept(self, channel: wire.Channel) -> RemoteEnvironmentServer | EnvGroupServer | None:
         channel.settimeout(10.0)  # a client must say hello promptly
@@ -531,9 +548,11 @@ def main(run_dir: str) -> None:
     daemon.register(runner, "runner")
     listener = _listen(config, root, "envs", ports[1])
     stream: Any = str(root / "envs") if config["transport"] == "unix" else listener.getsockname()[1]
-    threading.Thread(target=EnvStreamServer(listener, runner, secret).serve_forever, daemon=True).start()
+    streams = EnvStreamServer(listener, runner, secret)
+    threading.Thread(target=streams.serve_forever, daemon=True).start()
 
     def shutdown(*_: Any) -> None:
+        streams.stop()
         runner.close_all()
         shutil.rmtree(root, ignore_errors=True)
         os._exit(0)

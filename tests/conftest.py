@@ -36,7 +36,7 @@ def _need(what: str, ok: bool) -> None:
     message = f"{what} is missing (run scripts/build-test-images.sh; see README)"
     if IN_CI:
         pytest.fail(f"CI=true: {message}", pytrace=False)
-    pytest.skip(message)
+    pytest.skip(reason=message)
 
 
 @pytest.fixture(scope="session")
@@ -111,5 +111,5 @@ def runtime(request) -> Target:
             reason += " (scripts/setup.sh prepares the test images)"
         if name in REQUIRED and IN_CI:
             pytest.fail(f"CI=true: {reason}", pytrace=False)
-        pytest.skip(reason)
+        pytest.skip(reason=reason)
     return Target(name, image)

@@ -86,7 +86,7 @@ def test_the_installed_command():
     if not script.exists():
         if IN_CI:
             pytest.fail("CI=true: the `remote` entry point is not installed next to the Python")
-        pytest.skip("no `remote` entry point beside this Python (pip install -e . makes it)")
+        pytest.skip(reason="no `remote` entry point beside this Python (pip install -e . makes it)")
     done = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "check" in done.stdout
 
@@ -127,7 +127,7 @@ def test_pull_ls_rm_and_prune(tmp_path, cache_root):
 
 def test_build_a_recipe(minimal_image, tmp_path, cache_root):
     if os.geteuid() != 0 and not IN_CI:
-        pytest.skip("a localimage build as non-root needs --fakeroot set up for this user")
+        pytest.skip(reason="a localimage build as non-root needs --fakeroot set up for this user")
     recipe = tmp_path / "tiny.def"
     recipe.write_text("Bootstrap: localimage\nFrom: {{ BASE }}\n\n%post\n    echo built > /opt/built.txt\n")
     out = tmp_path / "tiny.sif"

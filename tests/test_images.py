@@ -223,7 +223,7 @@ def mount_tmpfs(tmp_path):
     if os.geteuid() != 0:
         if IN_CI:
             pytest.fail("CI=true: the full/read-only cache tests need root to mount a tmpfs")
-        pytest.skip("mounting a tmpfs needs root")
+        pytest.skip(reason="mounting a tmpfs needs root")
     mounted = []
 
     def mount(name: str, options: str) -> Path:
@@ -278,7 +278,7 @@ def test_pull_from_an_oci_archive(apptainer, tmp_path, cache_root):
 
 def test_build_from_a_recipe_and_run_it(minimal_image, tmp_path, cache_root, monkeypatch):
     if os.geteuid() != 0 and not IN_CI:
-        pytest.skip("a localimage build as non-root needs --fakeroot set up for this user")
+        pytest.skip(reason="a localimage build as non-root needs --fakeroot set up for this user")
     (tmp_path / "note.txt").write_text("copied by %files\n")
     recipe = tmp_path / "tiny.def"
     recipe.write_text(

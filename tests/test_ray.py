@@ -28,7 +28,7 @@ try:
 except ImportError:
     if IN_CI:
         raise
-    pytest.skip("ray is not installed (pip install -e .[cluster])", allow_module_level=True)
+    pytest.skip(reason="ray is not installed (pip install -e .[cluster])", allow_module_level=True)
 
 ENV_ID = "CartPole-v1"
 SEED = 100

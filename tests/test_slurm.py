@@ -28,7 +28,7 @@ try:
 except ImportError:
     if IN_CI:
         raise
-    pytest.skip("submitit is not installed (pip install -e .[cluster])", allow_module_level=True)
+    pytest.skip(reason="submitit is not installed (pip install -e .[cluster])", allow_module_level=True)
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -151,7 +151,7 @@ def slurm() -> None:
         message = "no Slurm cluster here (scripts/start-slurm.sh starts one, as root)"
         if "slurm" in REQUIRED:
             pytest.fail(f"REMOTE_TEST_REQUIRE has slurm: {message}", pytrace=False)
-        pytest.skip(message)
+        pytest.skip(reason=message)
 
 
 def test_sbatch_array_of_eight(tmp_path, cluster_env, image, slurm):

@@ -496,19 +496,23 @@ def make(
     transport: str = "unix",
     timeout: float = DEFAULT_TIMEOUT,
     runtime: str | Runtime | None = None,
+    runner_options: Mapping[str, Any] | None = None,
     **env_kwargs: Any,
 ) -> RemoteEnvironmentClient:
     """Start a container from ``image`` and create ``env_id`` in it: one line, one env.
 
     Closing the env stops its container. ``runtime`` is as for :class:`RemoteRunner`;
+    ``runner_options`` are more of its arguments (``binds``, ``env``, ``sha256``, ...);
     ``env_kwargs`` go to the env's constructor.
 
     Example::
 
         env = remote.make("CartPole-v1", image="gymnasium.sif")
+        env = remote.make("my_envs:Maze", image="base.sif", size=9,
+                          runner_options={"binds": ["./my_envs"], "env": {"PYTHONPATH": "..."}})
     """
     runner = RemoteRunner(image, experiment=experiment, transport=transport, timeout=timeout,
-                          runtime=runtime)
+                          runtime=runtime, **(runner_options or {}))
     try:
         return runner._make(env_id, env_kwargs, owns_runner=True)
     except BaseException:

@@ -193,3 +193,13 @@ def test_image_without_pyro5_msgpack_or_remote(minimal_image):
         assert env.step(0)[1] == 1.0
     finally:
         env.close()
+
+
+def test_make_one_liner_with_the_users_own_env_package(image, test_env_options):
+    """A user's env package, mounted into the container, through the one-line entry point."""
+    env = remote.make("testenvs:DictTupleEnv", image=image, size=4, runner_options=test_env_options)
+    try:
+        obs, _ = env.reset(seed=0)
+        assert obs["pos"].shape == (4,)
+    finally:
+        env.close()

@@ -165,9 +165,9 @@ def check_image(
         for name, check in CHECKS:
             try:
                 env = runner.make(env_id, **(env_kwargs or {}))
-            except Exception as exc:
-                results.append(CheckResult(name, False, f"could not create the env: {exc}"))
-                continue
+            except Exception as exc:  # no env, no contract to check: say so once
+                message = exc.remote_message if isinstance(exc, RemoteEnvError) else str(exc)
+                return [CheckResult("create the env", False, message)]
             try:
                 check(env)
                 results.append(CheckResult(name, True))

@@ -326,7 +326,7 @@ class RemoteRunner:
             return self._control("make", env_id, encoded_kwargs)
         except EnvCreationError as exc:
             raise EnvCreationError(
-                f"{exc.remote_message}. Check the env id and kwargs, and that the image has "
+                f"{exc.remote_message.rstrip('.')}. Check the env id and kwargs, and that the image has "
                 "the package that registers the env (or pass 'module:Class')",
                 exc.remote_type,
                 exc.remote_traceback,

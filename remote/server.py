@@ -152,6 +152,20 @@ def action_checker(space: gym.Space) -> Callable[[Any], None]:
     return lambda action: check_action(space, action)
 
 
+def dispatch(ops: dict[str, Callable[[Any], list[Any]]], op: Any, args: Any, closed: str) -> list[Any]:
+    """Run request ``op`` with ``args`` through ``ops`` and return the reply frame; an
+    exception becomes ``[ERROR, error]``. ``closed``, if set, refuses all but ``close``."""
+    try:
+        method = ops.get(op) if type(op) is str else None
+        if method is None:
+            raise ProtocolError(f"unknown operation {op!r:.40}")
+        if closed and op != "close":
+            raise RuntimeError(closed)
+        return method(args)
+    except Exception as exc:
+        return [ERROR, error_payload(exc)]
+
+
 class RemoteEnvironmentServer:
     """One environment in the container and the operations the host may ask of it.
 
@@ -199,16 +213,8 @@ class RemoteEnvironmentServer:
 
     def handle(self, op: Any, args: Any) -> list[Any]:
         """Run one request and return its reply frame."""
-        try:
-            method = self.ops.get(op) if type(op) is str else None
-            if method is None:
-                raise ProtocolError(f"unknown operation {op!r:.40}")
-            if self.closed and op != "close":
-                raise RuntimeError("the environment is closed")
-            with self.lock:
-                return method(args)
-        except Exception as exc:
-            return [ERROR, error_payload(exc)]
+        with self.lock:
+            return dispatch(self.ops, op, args, "the environment is closed" if self.closed else "")
 
 
 class EnvGroupServer:
@@ -286,15 +292,8 @@ class EnvGroupServer:
 
     def handle(self, op: Any, args: Any) -> list[Any]:
         """Run one request and return its reply frame."""
-        try:
-            method = self.ops.get(op) if type(op) is str else None
-            if method is None:
-                raise ProtocolError(f"unknown operation {op!r:.40}")
-            if any(env.closed for env in self.envs) and op != "close":
-                raise RuntimeError("an environment of this group is closed")
-            return method(args)
-        except Exception as exc:
-            return [ERROR, error_payload(exc)]
+        closed = any(env.closed for env in self.envs)
+        return dispatch(self.ops, op, args, "an environment of this group is closed" if closed else "")
 
 
 def _stacked(observations: list[Any]) -> np.ndarray | list[Any]:

@@ -46,28 +46,29 @@ def apptainer() -> str:
     return found
 
 
+def _test_image(name: str) -> str:
+    """Path of a test image in ``IMAGES`` (built by scripts/build-test-images.sh)."""
+    path = IMAGES / name
+    _need(f"test image {path}", path.exists())
+    return str(path)
+
+
 @pytest.fixture(scope="session")
 def image(apptainer: str) -> str:
     """The test image: Python + numpy + gymnasium + Pyro5 + msgpack + remote."""
-    path = IMAGES / "gymnasium.sif"
-    _need(f"test image {path}", path.exists())
-    return str(path)
+    return _test_image("gymnasium.sif")
 
 
 @pytest.fixture(scope="session")
 def minimal_image(apptainer: str) -> str:
     """An image with only Python, numpy and gymnasium: no Pyro5, msgpack or remote."""
-    path = IMAGES / "minimal.sif"
-    _need(f"test image {path}", path.exists())
-    return str(path)
+    return _test_image("minimal.sif")
 
 
 @pytest.fixture(scope="session")
 def legacy_image(apptainer: str) -> str:
     """numpy 1.26 + gymnasium 0.29.1 (recipes/legacy.def): cannot coexist with ``image``'s stack."""
-    path = IMAGES / "legacy.sif"
-    _need(f"test image {path}", path.exists())
-    return str(path)
+    return _test_image("legacy.sif")
 
 
 @pytest.fixture(scope="session")

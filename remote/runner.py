@@ -511,8 +511,14 @@ def make(
         env = remote.make("my_envs:Maze", image="base.sif", size=9,
                           runner_options={"binds": ["./my_envs"], "env": {"PYTHONPATH": "..."}})
     """
-    runner = RemoteRunner(image, experiment=experiment, transport=transport, timeout=timeout,
-                          runtime=runtime, **(runner_options or {}))
+    runner = RemoteRunner(
+        image,
+        experiment=experiment,
+        transport=transport,
+        timeout=timeout,
+        runtime=runtime,
+        **(runner_options or {}),
+    )
     try:
         return runner._make(env_id, env_kwargs, owns_runner=True)
     except BaseException:

@@ -61,3 +61,33 @@ def test_out_of_band_arrays_larger_than_the_buffer_and_small_ones_in_one_frame()
 def test_inline_codec_refuses_out_of_band_arrays():
     with pytest.raises(ProtocolError, match="extension"):
         wire.loads(msgpack.packb(msgpack.ExtType(4, _header("<f8", (2,)))))
+
+
+@pytest.mark.parametrize("cut", [None, 8 + 46 + 5000, 8 + 46 + 9000])  # body: 46 bytes
+def test_out_of_band_arrays_whole_or_split_across_reads_own_their_memory(cut):
+    """Arrays whose bytes came with the first read are copied out of the channel's buffer;
+    the rest are read straight into their memory: either way a later frame changes nothing."""
+    a, b = socket.socketpair()
+    with a, b:
+        channel = wire.Channel(b)
+        frames = [[np.full(6000, i, np.uint8), np.full((20, 100), i, np.float32), "tail"] for i in (1, 2)]
+        received = []
+        for value in frames:
+            sender_side = socket.socketpair()
+            with sender_side[0], sender_side[1]:
+                wire.send_frame(sender_side[0], value)  # encode once, then dribble it to `a`
+                data = sender_side[1].recv(1 << 20)
+            assert len(data) == 8 + 46 + 6000 + 8000
+            if cut is None:
+                a.sendall(data)
+                received.append(channel.recv())
+            else:
+                sender = threading.Timer(0.05, a.sendall, args=(data[cut:],))
+                a.sendall(data[:cut])
+                sender.start()
+                received.append(channel.recv())
+                sender.join()
+        for i, got in zip((1, 2), received, strict=True):
+            assert got[0].dtype == np.uint8 and got[0].shape == (6000,) and (got[0] == i).all()
+            assert got[1].dtype == np.float32 and got[1].shape == (20, 100) and (got[1] == i).all()
+            assert got[2] == "tail" and got[0].flags.writeable and got[1].flags.writeable

@@ -42,6 +42,10 @@ MAX_FRAME = 512 * 1024 * 1024
 #: Arrays of at least this many bytes travel out of band in frames.
 OUT_OF_BAND = 4096
 
+#: A channel's receive buffer grows to fit frames up to this size (bytes), so that such a
+#: frame arrives in one read; the arrays of larger frames are read straight into their memory.
+GROWN_BUFFER = 256 * 1024
+
 _EXT_NDARRAY = 1
 _EXT_TUPLE = 2
 _EXT_SCALAR = 3
@@ -173,7 +177,7 @@ def _parse_array_header(data: bytes) -> tuple[np.dtype, tuple[int, ...], int, in
     return parsed
 
 
-def _new_array(dtype: np.dtype, shape: tuple[int, ...], memory: bytearray) -> np.ndarray:
+def _new_array(dtype: np.dtype, shape: tuple[int, ...], memory: bytearray | np.ndarray) -> np.ndarray:
     """A writable array over ``memory`` (as a local env's arrays are writable)."""
     try:
         return np.ndarray(shape, dtype, memory)
@@ -291,7 +295,7 @@ class Channel:
         self._budget = 0
         self._next = 0
         self._got = 0
-        self._pending: list[tuple[bytearray, int]] = []
+        self._pending: list[tuple[np.ndarray, int]] = []
 
     def send(self, obj: Any) -> None:
         send_frame(self.sock, obj)
@@ -337,6 +341,9 @@ class Channel:
                 self._receive_arrays()
         finally:
             self._pending.clear()
+        if len(self._buffer) < size + 4 <= GROWN_BUFFER:  # the next such frame comes in one read
+            self._buffer = bytearray(size + 4)
+            self._view = memoryview(self._buffer)
         return value
 
     def _receive_arrays(self) -> None:
@@ -363,7 +370,7 @@ class Channel:
             self._next = start + nbytes
             if self._next <= self._got:  # all of it arrived with the body: one copy
                 return _new_array(dtype, shape, bytearray(self._view[start : self._next]))
-            memory = bytearray(nbytes)
+            memory = np.empty(nbytes, np.uint8)  # filled by _receive_arrays; not zeroed first
             self._pending.append((memory, start))
             return _new_array(dtype, shape, memory)
         if code == _EXT_TUPLE:

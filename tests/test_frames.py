@@ -64,12 +64,13 @@ def test_inline_codec_refuses_out_of_band_arrays():
 
 
 @pytest.mark.parametrize("cut", [None, 8 + 46 + 5000, 8 + 46 + 9000])  # body: 46 bytes
-def test_out_of_band_arrays_whole_or_split_across_reads_own_their_memory(cut):
+@pytest.mark.parametrize("buffer_size", [1024, 65536])  # 1024: the buffer grows after frame 1
+def test_out_of_band_arrays_whole_or_split_across_reads_own_their_memory(cut, buffer_size):
     """Arrays whose bytes came with the first read are copied out of the channel's buffer;
     the rest are read straight into their memory: either way a later frame changes nothing."""
     a, b = socket.socketpair()
     with a, b:
-        channel = wire.Channel(b)
+        channel = wire.Channel(b, buffer_size)
         frames = [[np.full(6000, i, np.uint8), np.full((20, 100), i, np.float32), "tail"] for i in (1, 2)]
         received = []
         for value in frames:

@@ -343,6 +343,7 @@ class RemoteRunner:
             sock.connect(address)
             if family == socket.AF_INET:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            channel.settimeout(self.timeout)
             channel.send({"protocol": wire.PROTOCOL_VERSION, "secret": self._secret, **target})
             status, payload = channel.recv()
         except OSError as exc:

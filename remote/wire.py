@@ -58,57 +58,33 @@ _PARSED_HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...], int, int]] = {}
 
 
 class _ThreadState(threading.local):
-    """Reusable packers, per thread and per mode. A tuple inside a value is packed while
+    """Reusable packers of :func:`dumps`, per thread. A tuple inside a value is packed while
     the outer packer is busy, so each nesting level takes its own; creating a Packer
     inside a ``default`` hook costs ~15 µs, reusing one ~0.3 µs."""
 
     def __init__(self) -> None:
-        self.inline: list[msgpack.Packer] = []
-        self.framed: list[msgpack.Packer] = []
-        self.out_of_band: list[np.ndarray] = []  # arrays of the frame being packed
+        self.packers: list[msgpack.Packer] = []
 
 
 _state = _ThreadState()
 
 
 def _pack(obj: Any) -> bytes:
-    free = _state.inline
+    free = _state.packers
     packer = free.pop() if free else msgpack.Packer(default=_default, use_bin_type=True, strict_types=True)
     data = packer.pack(obj)  # on error the packer is dropped, not returned dirty
     free.append(packer)
     return data
 
 
-def _pack_framed(obj: Any) -> bytes:
-    free = _state.framed
-    packer = (
-        free.pop() if free else msgpack.Packer(default=_default_framed, use_bin_type=True, strict_types=True)
-    )
-    data = packer.pack(obj)
-    free.append(packer)
-    return data
-
-
 def _default(obj: Any) -> Any:
     if type(obj) is np.ndarray:
-        return msgpack.ExtType(_EXT_NDARRAY, _array_header(obj) + np.ascontiguousarray(obj).tobytes())
+        return _inline_ext(obj)
     return _plain(obj, _default, _pack)
 
 
-def _default_framed(obj: Any) -> Any:
-    if type(obj) is np.ndarray:
-        if obj.nbytes < OUT_OF_BAND:
-            return msgpack.ExtType(_EXT_NDARRAY, _array_header(obj) + np.ascontiguousarray(obj).tobytes())
-        ext = _OUT_OF_BAND_EXTS.get((obj.dtype, obj.shape))
-        if ext is None:  # an ExtType costs ~0.5 µs to make: one per dtype and shape
-            if len(_OUT_OF_BAND_EXTS) > 1024:
-                _OUT_OF_BAND_EXTS.clear()
-            ext = _OUT_OF_BAND_EXTS[(obj.dtype, obj.shape)] = msgpack.ExtType(
-                _EXT_NDARRAY_OOB, _array_header(obj)
-            )
-        _state.out_of_band.append(np.ascontiguousarray(obj))
-        return ext
-    return _plain(obj, _default_framed, _pack_framed)
+def _inline_ext(array: np.ndarray) -> msgpack.ExtType:
+    return msgpack.ExtType(_EXT_NDARRAY, _array_header(array) + np.ascontiguousarray(array).tobytes())
 
 
 def _plain(obj: Any, default: Any, pack: Any) -> Any:
@@ -235,36 +211,7 @@ def _bytes_of(array: np.ndarray) -> memoryview:
 
 def send_frame(sock: socket.socket, obj: Any) -> None:
     """Encode ``obj`` and send it as one frame; large arrays go from their own memory."""
-    arrays = _state.out_of_band
-    arrays.clear()
-    body = _pack_framed(obj)
-    if not arrays:
-        size = 4 + len(body)
-        if size > MAX_FRAME:
-            raise ProtocolError(f"message of {size} bytes exceeds the limit of {MAX_FRAME}")
-        sock.sendall(_HEADER.pack(size, len(body)) + body)
-        return
-    # arrays go to sendmsg as they are (their buffer is their C-order memory); datetime
-    # arrays export no buffer, so they go as bytes views
-    size = 4 + len(body)
-    buffers: list[Any] = [None, body]
-    for array in arrays:
-        size += array.nbytes
-        buffers.append(array if array.dtype.kind not in "Mm" else _bytes_of(array))
-    arrays.clear()
-    if size > MAX_FRAME:
-        raise ProtocolError(f"message of {size} bytes exceeds the limit of {MAX_FRAME}")
-    buffers[0] = _HEADER.pack(size, len(body))
-    sent = sock.sendmsg(buffers)
-    if sent == size + 4:
-        return
-    for buffer in buffers:  # the socket took part of it: send the rest in order
-        view = _bytes_of(buffer) if isinstance(buffer, np.ndarray) else memoryview(buffer)
-        if sent >= view.nbytes:
-            sent -= view.nbytes
-            continue
-        sock.sendall(view[sent:])
-        sent = 0
+    Channel(sock, buffer_size=0).send(obj)
 
 
 def recv_frame(sock: socket.socket) -> Any:
@@ -288,6 +235,8 @@ class Channel:
         self.sock = sock
         self._buffer = bytearray(buffer_size)
         self._view = memoryview(self._buffer)
+        self._packers: list[msgpack.Packer] = []  # one per nesting level of tuples in a value
+        self._arrays: list[np.ndarray] = []  # the out-of-band arrays of the frame being packed
         self._unpack_options = {**_UNPACK, "ext_hook": self._ext_hook}
         # the out-of-band arrays of the frame being decoded: bytes announced and not yet
         # claimed, where the next one starts in the buffer, the bytes in the buffer so far,
@@ -298,7 +247,76 @@ class Channel:
         self._pending: list[tuple[np.ndarray, int]] = []
 
     def send(self, obj: Any) -> None:
-        send_frame(self.sock, obj)
+        """Encode ``obj`` and send it as one frame; large arrays go from their own memory."""
+        try:
+            self._send(obj)
+        except BlockingIOError:  # SO_SNDTIMEO ran out
+            raise TimeoutError("timed out sending a frame") from None
+
+    def recv(self) -> Any:
+        """Receive one frame and decode it. ConnectionError on EOF, ProtocolError on
+        anything malformed, TimeoutError after the timeout of :meth:`settimeout`."""
+        try:
+            return self._recv()
+        except BlockingIOError:  # SO_RCVTIMEO ran out
+            raise TimeoutError("timed out waiting for a frame") from None
+
+    def _send(self, obj: Any) -> None:
+        arrays = self._arrays
+        arrays.clear()
+        body = self._pack(obj)
+        size = 4 + len(body)
+        if not arrays:
+            if size > MAX_FRAME:
+                raise ProtocolError(f"message of {size} bytes exceeds the limit of {MAX_FRAME}")
+            self.sock.sendall(_HEADER.pack(size, len(body)) + body)
+            return
+        # arrays go to sendmsg as they are (their buffer is their C-order memory); datetime
+        # arrays export no buffer, so they go as bytes views
+        buffers: list[Any] = [None, body]
+        for array in arrays:
+            size += array.nbytes
+            buffers.append(array if array.dtype.kind not in "Mm" else _bytes_of(array))
+        arrays.clear()
+        if size > MAX_FRAME:
+            raise ProtocolError(f"message of {size} bytes exceeds the limit of {MAX_FRAME}")
+        buffers[0] = _HEADER.pack(size, len(body))
+        sent = self.sock.sendmsg(buffers)
+        if sent == size + 4:
+            return
+        for buffer in buffers:  # the socket took part of it: send the rest in order
+            view = _bytes_of(buffer) if isinstance(buffer, np.ndarray) else memoryview(buffer)
+            if sent >= view.nbytes:
+                sent -= view.nbytes
+                continue
+            self.sock.sendall(view[sent:])
+            sent = 0
+
+    def _pack(self, obj: Any) -> bytes:
+        free = self._packers
+        packer = (
+            free.pop()
+            if free
+            else msgpack.Packer(default=self._default, use_bin_type=True, strict_types=True)
+        )
+        data = packer.pack(obj)  # on error the packer is dropped, not returned dirty
+        free.append(packer)
+        return data
+
+    def _default(self, obj: Any) -> Any:
+        if type(obj) is np.ndarray:
+            if obj.nbytes < OUT_OF_BAND:
+                return _inline_ext(obj)
+            ext = _OUT_OF_BAND_EXTS.get((obj.dtype, obj.shape))
+            if ext is None:  # an ExtType costs ~0.5 µs to make: one per dtype and shape
+                if len(_OUT_OF_BAND_EXTS) > 1024:
+                    _OUT_OF_BAND_EXTS.clear()
+                ext = _OUT_OF_BAND_EXTS[(obj.dtype, obj.shape)] = msgpack.ExtType(
+                    _EXT_NDARRAY_OOB, _array_header(obj)
+                )
+            self._arrays.append(np.ascontiguousarray(obj))
+            return ext
+        return _plain(obj, self._default, self._pack)
 
     def _fill(self, got: int, need: int) -> int:
         if got == 0 and need:  # recv_into returned 0 bytes: end of file
@@ -312,7 +330,7 @@ class Channel:
             got += n
         return got
 
-    def recv(self) -> Any:
+    def _recv(self) -> Any:
         buffer = self._buffer
         got = self.sock.recv_into(self._view)  # usually the whole frame
         if got < 8:
@@ -378,7 +396,15 @@ class Channel:
         return _ext_hook(code, data)
 
     def settimeout(self, timeout: float | None) -> None:
-        self.sock.settimeout(timeout)
+        """Raise TimeoutError from a send or receive that takes longer than ``timeout``
+        seconds (None: wait for ever). The kernel keeps the timeout (SO_RCVTIMEO and
+        SO_SNDTIMEO on a blocking socket): a Python socket timeout would cost a failed
+        receive and a poll() per frame."""
+        self.sock.settimeout(None)
+        micros = 0 if timeout is None else max(1, round(timeout * 1e6))  # 0: no timeout
+        value = struct.pack("@ll", micros // 1_000_000, micros % 1_000_000)
+        for option in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
+            self.sock.setsockopt(socket.SOL_SOCKET, option, value)
 
     def close(self) -> None:
         self.sock.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+import time
 
 import msgpack
 import numpy as np
@@ -92,3 +93,25 @@ def test_out_of_band_arrays_whole_or_split_across_reads_own_their_memory(cut, bu
             assert got[0].dtype == np.uint8 and got[0].shape == (6000,) and (got[0] == i).all()
             assert got[1].dtype == np.float32 and got[1].shape == (20, 100) and (got[1] == i).all()
             assert got[2] == "tail" and got[0].flags.writeable and got[1].flags.writeable
+
+
+def test_a_channel_timeout_is_kept_by_the_kernel_and_raises_timeout_error():
+    """The socket stays blocking (no poll() per frame); a silent peer or a full send buffer
+    ends in TimeoutError after the timeout, and None waits again for ever."""
+    a, b = socket.socketpair()
+    with a, b:
+        channel = wire.Channel(b)
+        channel.settimeout(0.2)
+        assert b.gettimeout() is None
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match="waiting for a frame"):
+            channel.recv()
+        assert 0.15 < time.monotonic() - started < 2
+        with pytest.raises(TimeoutError, match="sending a frame"):
+            for _ in range(10_000):  # nobody reads `a`: the buffers fill up
+                channel.send(np.zeros(1 << 16, np.uint8))
+        channel.settimeout(None)
+        replier = threading.Timer(0.3, wire.send_frame, args=(a, "late"))
+        replier.start()
+        assert channel.recv() == "late"
+        replier.join()

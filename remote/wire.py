@@ -350,7 +350,10 @@ class Channel:
             got = self._fill(got, end)
         if got > size + 4:
             raise ProtocolError("peer sent more than one frame without waiting for an answer")
-        self._budget, self._next, self._got = size + 4 - end, end, got
+        self._budget = size + 4 - end
+        if not self._budget:  # no out-of-band arrays
+            return _decode(self._view[8:end], self._unpack_options)
+        self._next, self._got = end, got
         try:
             value = _decode(self._view[8:end], self._unpack_options)
             if self._budget:

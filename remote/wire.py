@@ -219,9 +219,8 @@ def recv_frame(sock: socket.socket) -> Any:
     return Channel(sock, buffer_size=4096).recv()
 
 
-def _check_size(size: int) -> None:
-    if size > MAX_FRAME:
-        raise ProtocolError(f"peer announced a message of {size} bytes (limit {MAX_FRAME})")
+def _too_large(size: int) -> ProtocolError:
+    return ProtocolError(f"peer announced a message of {size} bytes (limit {MAX_FRAME})")
 
 
 class Channel:
@@ -335,10 +334,12 @@ class Channel:
         got = self.sock.recv_into(self._view)  # usually the whole frame
         if got < 8:
             got = self._fill(got, 4)
-            _check_size(_SIZE.unpack_from(buffer)[0])
+            if _SIZE.unpack_from(buffer)[0] > MAX_FRAME:
+                raise _too_large(_SIZE.unpack_from(buffer)[0])
             got = self._fill(got, 8)
         size, body_size = _HEADER.unpack_from(buffer)
-        _check_size(size)
+        if size > MAX_FRAME:
+            raise _too_large(size)
         if body_size > size - 4:
             raise ProtocolError(f"frame body of {body_size} bytes does not fit a frame of {size}")
         end = 8 + body_size

@@ -25,7 +25,9 @@ class EnvStream:
 
     A failure maps to one of remote's errors and leaves the stream unusable (its next
     frame could be the answer to an older request): :class:`remote.CallTimeout`,
-    :class:`remote.ContainerDied` or :class:`remote.ProtocolError`.
+    :class:`remote.ContainerDied` or :class:`remote.ProtocolError`. So does a call
+    interrupted by Ctrl-C or a signal handler's exception (raised as it is): the next
+    call says so.
     """
 
     def __init__(self, runner: RemoteRunner, channel: wire.Channel, name: str) -> None:
@@ -33,10 +35,12 @@ class EnvStream:
         self.name = name
         self._channel: wire.Channel | None = channel
         self._broken: str | None = None
+        self._owed = False  # a request went out and its reply has not been read
 
     @property
     def open(self) -> bool:
-        return self._channel is not None
+        """Usable: not closed, broken, or owed the reply to an interrupted call."""
+        return self._channel is not None and not self._owed
 
     def call(self, op: str, args: Any, size: int) -> list[Any]:
         """Send one request and return its reply, a list of ``size`` items."""
@@ -45,11 +49,13 @@ class EnvStream:
 
     def send(self, op: str, args: Any) -> None:
         """Send a request. TypeError (a value the codec cannot carry) leaves the stream usable."""
-        channel = self._channel
-        if channel is None:
-            raise RemoteError(self._broken or f"{self.name} is closed; create a new env")
+        channel = self._usable()
+        self._owed = True
         try:
             channel.send([op, args])
+        except (TypeError, ProtocolError):  # the codec refused the value: nothing went out
+            self._owed = False
+            raise
         except OSError as exc:
             raise self._failed(exc, op) from None
 
@@ -62,6 +68,7 @@ class EnvStream:
             reply = channel.recv()
         except (OSError, ProtocolError) as exc:
             raise self._failed(exc, op) from None
+        self._owed = False
         if type(reply) is list and len(reply) == size and reply[0] == OK:
             return reply
         if type(reply) is list and len(reply) == 2 and type(reply[1]) is dict:
@@ -71,6 +78,16 @@ class EnvStream:
             )
         self.drop(f"{self.name}: the connection broke the protocol; create a new env")
         raise ProtocolError(f"malformed reply to {op}: {reply!r:.100}")
+
+    def _usable(self) -> wire.Channel:
+        """The channel, or RemoteError if the stream is closed or broken. A call interrupted
+        (Ctrl-C, an exception from a signal handler) between its request and the end of its
+        reply leaves the stream out of step: it is dropped here, not read out of turn."""
+        if self._owed:
+            self.drop(f"{self.name}: a call was interrupted, so its stream is out of step; create a new env")
+        if self._channel is None:
+            raise RemoteError(self._broken or f"{self.name} is closed; create a new env")
+        return self._channel
 
     def _failed(self, exc: Exception, op: str) -> RemoteError:
         if isinstance(exc, TimeoutError):
@@ -88,7 +105,7 @@ class EnvStream:
     def drop(self, reason: str) -> None:
         """Close the socket; later calls raise RemoteError(reason)."""
         channel, self._channel = self._channel, None
-        self._broken = reason
+        self._broken, self._owed = reason, False
         if channel is not None:
             channel.close()
 
@@ -168,6 +185,8 @@ class RemoteEnvironmentClient(gym.Env):
                 self._stream.call("close", None, 2)
             self._drop(f"{self.env_id} is closed")
             self.runner.forget(self)
+        else:  # broken, or owed the reply to an interrupted call: let go of the socket
+            self._drop(f"{self.env_id} is closed")
         if self._owns_runner:
             self.runner.close()
 

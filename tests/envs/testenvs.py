@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import gymnasium as gym
@@ -148,3 +149,21 @@ class EchoEnv(gym.Env):
 
     def _obs(self) -> np.ndarray:
         return self.np_random.integers(0, 256, self.nbytes, dtype=np.uint8)
+
+
+class SlowEnv(gym.Env):
+    """Each ``step`` takes ``seconds``."""
+
+    observation_space = spaces.Box(0, 1, (3,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self, seconds: float = 30.0) -> None:
+        self.seconds = seconds
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        return np.zeros(3, np.float32), {}
+
+    def step(self, action):
+        time.sleep(self.seconds)
+        return np.zeros(3, np.float32), 0.0, False, False, {}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import socket
+import threading
 
 import numpy as np
 import pytest
@@ -89,6 +91,41 @@ def test_arrays_round_trip_bit_identical(array):
     back = wire.loads(wire.dumps(array))
     assert back.dtype == array.dtype and back.shape == array.shape
     assert back.tobytes() == np.ascontiguousarray(array).tobytes()
+
+
+def big_arrays() -> st.SearchStrategy[np.ndarray]:
+    """Arrays of 4 KB to ~400 KB (the sizes that travel out of band, up to more than a
+    receive buffer), some strided."""
+    shapes = hnp.array_shapes(min_dims=2, max_dims=2, min_side=64, max_side=160)
+    return st.builds(lambda a, step: a[::step], hnp.arrays(DTYPES, shapes), st.integers(1, 2))
+
+
+FRAMED_VALUES = st.recursive(
+    st.one_of(big_arrays(), LEAVES),
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.lists(children, max_size=4).map(tuple),
+        st.dictionaries(st.text(max_size=5), children, max_size=4),
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(FRAMED_VALUES, st.sampled_from([64, 4096, 65536]))
+def test_values_round_trip_bit_identical_through_frames(value, buffer_size):
+    """Frames: out-of-band arrays, whole in the first read or not, twice on one channel
+    (the receive buffer may have grown in between)."""
+    a, b = socket.socketpair()
+    with a, b:
+        channel = wire.Channel(b, buffer_size)
+        received = []
+        for _ in range(2):  # a peer sends its next frame only after an answer
+            sender = threading.Thread(target=wire.send_frame, args=(a, value))
+            sender.start()
+            received.append(channel.recv())
+            sender.join()
+    assert same(received[0], value) and same(received[1], value)
 
 
 BOX_DTYPES = st.sampled_from([np.float16, np.float32, np.float64, np.int8, np.int32, np.int64, np.uint8])

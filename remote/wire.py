@@ -402,8 +402,8 @@ class Channel:
     def settimeout(self, timeout: float | None) -> None:
         """Raise TimeoutError from a send or receive that takes longer than ``timeout``
         seconds (None: wait for ever). The kernel keeps the timeout (SO_RCVTIMEO and
-        SO_SNDTIMEO on a blocking socket): a Python socket timeout would cost a failed
-        receive and a poll() per frame."""
+        SO_SNDTIMEO on a blocking socket): a Python socket timeout would cost a poll()
+        before every send and every receive."""
         self.sock.settimeout(None)
         micros = 0 if timeout is None else max(1, round(timeout * 1e6))  # 0: no timeout
         value = struct.pack("@ll", micros // 1_000_000, micros % 1_000_000)

@@ -69,12 +69,16 @@ class _ThreadState(threading.local):
 _state = _ThreadState()
 
 
-def _pack(obj: Any) -> bytes:
-    free = _state.packers
-    packer = free.pop() if free else msgpack.Packer(default=_default, use_bin_type=True, strict_types=True)
+def _pack_with(free: list[msgpack.Packer], default: Any, obj: Any) -> bytes:
+    """Pack with a packer from ``free`` (a new one if none is free), then put it back."""
+    packer = free.pop() if free else msgpack.Packer(default=default, use_bin_type=True, strict_types=True)
     data = packer.pack(obj)  # on error the packer is dropped, not returned dirty
     free.append(packer)
     return data
+
+
+def _pack(obj: Any) -> bytes:
+    return _pack_with(_state.packers, _default, obj)
 
 
 def _default(obj: Any) -> Any:
@@ -292,15 +296,7 @@ class Channel:
             sent = 0
 
     def _pack(self, obj: Any) -> bytes:
-        free = self._packers
-        packer = (
-            free.pop()
-            if free
-            else msgpack.Packer(default=self._default, use_bin_type=True, strict_types=True)
-        )
-        data = packer.pack(obj)  # on error the packer is dropped, not returned dirty
-        free.append(packer)
-        return data
+        return _pack_with(self._packers, self._default, obj)
 
     def _default(self, obj: Any) -> Any:
         if type(obj) is np.ndarray:

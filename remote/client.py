@@ -180,13 +180,11 @@ class RemoteEnvironmentClient(gym.Env):
     def close(self) -> None:
         """Close the remote env (and its container, if :func:`remote.make` started it).
         Safe to call more than once."""
-        if self._stream.open:
+        if self._stream.open:  # not broken, nor owed the reply to an interrupted call
             with contextlib.suppress(RemoteError):  # gone or broken: nothing left to close
                 self._stream.call("close", None, 2)
-            self._drop(f"{self.env_id} is closed")
             self.runner.forget(self)
-        else:  # broken, or owed the reply to an interrupted call: let go of the socket
-            self._drop(f"{self.env_id} is closed")
+        self._drop(f"{self.env_id} is closed")
         if self._owns_runner:
             self.runner.close()
 

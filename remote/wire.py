@@ -213,16 +213,6 @@ def _bytes_of(array: np.ndarray) -> memoryview:
         return memoryview(array.reshape(-1).view(np.uint8))
 
 
-def send_frame(sock: socket.socket, obj: Any) -> None:
-    """Encode ``obj`` and send it as one frame; large arrays go from their own memory."""
-    Channel(sock, buffer_size=0).send(obj)
-
-
-def recv_frame(sock: socket.socket) -> Any:
-    """Receive one frame and decode it. Raise ConnectionError on EOF."""
-    return Channel(sock, buffer_size=4096).recv()
-
-
 def _too_large(size: int) -> ProtocolError:
     return ProtocolError(f"peer announced a message of {size} bytes (limit {MAX_FRAME})")
 
@@ -330,8 +320,9 @@ class Channel:
         got = self.sock.recv_into(self._view)  # usually the whole frame
         if got < 8:
             got = self._fill(got, 4)
-            if _SIZE.unpack_from(buffer)[0] > MAX_FRAME:
-                raise _too_large(_SIZE.unpack_from(buffer)[0])
+            (announced,) = _SIZE.unpack_from(buffer)
+            if announced > MAX_FRAME:
+                raise _too_large(announced)
             got = self._fill(got, 8)
         size, body_size = _HEADER.unpack_from(buffer)
         if size > MAX_FRAME:

@@ -121,7 +121,7 @@ def test_values_round_trip_bit_identical_through_frames(value, buffer_size):
         channel = wire.Channel(b, buffer_size)
         received = []
         for _ in range(2):  # a peer sends its next frame only after an answer
-            sender = threading.Thread(target=wire.send_frame, args=(a, value))
+            sender = threading.Thread(target=wire.Channel(a).send, args=(value,))
             sender.start()
             received.append(channel.recv())
             sender.join()

@@ -50,7 +50,7 @@ def test_out_of_band_arrays_larger_than_the_buffer_and_small_ones_in_one_frame()
         value = [np.arange(1_000_000, dtype=np.float32), np.arange(3), (np.ones((512, 9)), "x")]
         channel = wire.Channel(b, buffer_size=1024)
         for _ in range(3):
-            sender = threading.Thread(target=wire.send_frame, args=(a, value))
+            sender = threading.Thread(target=wire.Channel(a).send, args=(value,))
             sender.start()
             got = channel.recv()
             sender.join()
@@ -77,7 +77,7 @@ def test_out_of_band_arrays_whole_or_split_across_reads_own_their_memory(cut, bu
         for value in frames:
             sender_side = socket.socketpair()
             with sender_side[0], sender_side[1]:
-                wire.send_frame(sender_side[0], value)  # encode once, then dribble it to `a`
+                wire.Channel(sender_side[0]).send(value)  # encode once, then dribble it to `a`
                 data = sender_side[1].recv(1 << 20)
             assert len(data) == 8 + 46 + 6000 + 8000
             if cut is None:
@@ -111,7 +111,7 @@ def test_a_channel_timeout_is_kept_by_the_kernel_and_raises_timeout_error():
             for _ in range(10_000):  # nobody reads `a`: the buffers fill up
                 channel.send(np.zeros(1 << 16, np.uint8))
         channel.settimeout(None)
-        replier = threading.Timer(0.3, wire.send_frame, args=(a, "late"))
+        replier = threading.Timer(0.3, wire.Channel(a).send, args=("late",))
         replier.start()
         assert channel.recv() == "late"
         replier.join()

@@ -83,7 +83,7 @@ def test_ten_thousand_fuzzed_frames(image, tmp_path):
                     s.sendall(data)
                     s.shutdown(socket.SHUT_WR)
                     try:
-                        reply = wire.recv_frame(s)
+                        reply = wire.Channel(s).recv()
                         assert reply[0] == 1, f"accepted a bad hello: {data!r:.80}"
                     except (ConnectionError, remote.ProtocolError):
                         pass  # dropped without a word: fine too
@@ -91,12 +91,12 @@ def test_ten_thousand_fuzzed_frames(image, tmp_path):
                     sent += 1
                     continue
                 s.sendall(hello)
-                assert wire.recv_frame(s) == [0, None]
+                assert wire.Channel(s).recv() == [0, None]
                 while needs_hello and sent < 10_000:  # several requests on one connection
                     s.sendall(data)
                     sent += 1
                     try:
-                        reply = wire.recv_frame(s)
+                        reply = wire.Channel(s).recv()
                     except (ConnectionError, remote.ProtocolError):
                         refused += 1  # the server dropped the connection: fine
                         break

@@ -198,8 +198,8 @@ def test_tcp_requires_the_secret(image):
             proxy._pyroRelease()
         # the env stream refuses a wrong secret too, and closes the connection
         with socket.create_connection(("127.0.0.1", int(runner._ready["stream"])), timeout=5) as s:
-            wire.send_frame(s, {"protocol": wire.PROTOCOL_VERSION, "secret": "bad", "env": env.handle})
-            status, error = wire.recv_frame(s)
+            wire.Channel(s).send({"protocol": wire.PROTOCOL_VERSION, "secret": "bad", "env": env.handle})
+            status, error = wire.Channel(s).recv()
             assert status == 1 and "authentication failed" in error["message"]
             assert s.recv(1) == b""
         assert env.step(0)[1] == 1.0  # the real client is unaffected

@@ -95,16 +95,16 @@ def test_frames_over_a_socket_and_the_size_limit(monkeypatch):
     a, b = socket.socketpair()
     with a, b:
         big = np.arange(300_000, dtype=np.float64)  # larger than the socket buffer
-        sender = threading.Thread(target=wire.send_frame, args=(a, {"x": big}))
+        sender = threading.Thread(target=wire.Channel(a).send, args=({"x": big},))
         sender.start()
-        assert np.array_equal(wire.recv_frame(b)["x"], big)
+        assert np.array_equal(wire.Channel(b).recv()["x"], big)
         sender.join()
         monkeypatch.setattr(wire, "MAX_FRAME", 1000)
         with pytest.raises(ProtocolError, match="exceeds"):
-            wire.send_frame(a, bytes(2000))
+            wire.Channel(a).send(bytes(2000))
         a.sendall(struct.pack("<I", 5000))
         with pytest.raises(ProtocolError, match="limit"):
-            wire.recv_frame(b)
+            wire.Channel(b).recv()
         a.close()
         with pytest.raises(ConnectionError):
-            wire.recv_frame(b)
+            wire.Channel(b).recv()

@@ -28,6 +28,7 @@ from .errors import (
     ImageNotFound,
     ImagePullError,
     InvalidAction,
+    NotInArrayJob,
     OutOfMemory,
     ProtocolError,
     RecordError,
@@ -35,19 +36,22 @@ from .errors import (
     RemoteError,
     ResourceUnavailable,
     RuntimeNotAvailable,
+    UnknownContainer,
     UnknownExperiment,
+    UnknownImage,
+    UnknownName,
     VersionMismatch,
 )
 
 if TYPE_CHECKING:
     from . import experiments, images
-    from .allocator import ResourceAllocator
     from .check import CheckResult, check_image
     from .client import RemoteEnvironmentClient
-    from .experiment_loop import read_log
-    from .image import Image, resolve_image
+    from .images.sources import Image, resolve_image
     from .manager import ContainerManager, ContainerStatus, State
+    from .manager.allocator import ResourceAllocator
     from .pool import Pool, PooledEnv
+    from .protocol.runlog import read_log
     from .registration import register
     from .runner import RemoteRunner, close_all, make
     from .server import RemoteEnvironmentServer, RemoteRunnerServer
@@ -69,14 +73,14 @@ _LAZY = {
     "PooledEnv": "pool",
     "check_image": "check",
     "CheckResult": "check",
-    "read_log": "experiment_loop",
+    "read_log": "protocol.runlog",
     "register": "registration",
-    "resolve_image": "image",
-    "Image": "image",
+    "resolve_image": "images.sources",
+    "Image": "images.sources",
     "ContainerManager": "manager",
     "ContainerStatus": "manager",
     "State": "manager",
-    "ResourceAllocator": "allocator",
+    "ResourceAllocator": "manager.allocator",
 }
 _MODULES = {"images", "experiments"}
 
@@ -137,7 +141,11 @@ __all__ = [
     "RemoteError",
     "ResourceUnavailable",
     "RuntimeNotAvailable",
+    "NotInArrayJob",
+    "UnknownContainer",
     "UnknownExperiment",
+    "UnknownImage",
+    "UnknownName",
     "VersionMismatch",
 ]
 

@@ -153,7 +153,7 @@ def _cases(image: str, nbytes: int) -> dict[str, Case]:
         "local": (_env_stepper(local), local.close, None),
         "async": (lambda a: vector.step(actions[a]), vector.close, vector.processes[0].pid),
         "floor": (floor.step, floor.close, floor.proc.pid),
-        "remote": (_env_stepper(env), env.close, env.runner._process.pid),
+        "remote": (_env_stepper(env), env.close, env.runner.pid),
     }
 
 
@@ -185,7 +185,7 @@ def _vector_cases(image: str) -> dict[str, Case]:
     envs.reset(seed=0)
     return {
         "sync16": (lambda a: local.step(actions[a]), local.close, None),
-        "remote16": (lambda a: envs.step(actions[a]), envs.close, envs._runners[0]._process.pid),
+        "remote16": (lambda a: envs.step(actions[a]), envs.close, envs.runners[0].pid),
     }
 
 

@@ -20,10 +20,10 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from . import spaces as space_codec
-from . import wire
 from .client import RemoteEnvironmentClient
 from .errors import RemoteEnvError
+from .protocol import codec
+from .protocol import spaces as space_codec
 from .runner import RemoteRunner
 
 
@@ -52,14 +52,14 @@ def _expect(condition: bool, message: str) -> None:
 
 def _same(a: Any, b: Any) -> bool:
     """Bit-identical values (through nesting), as the wire codec sees them."""
-    return wire.dumps(a) == wire.dumps(b)
+    return codec.dumps(a) == codec.dumps(b)
 
 
 def check_spaces(env: RemoteEnvironmentClient) -> None:
     for name in ("observation_space", "action_space"):
         space = getattr(env, name)
         _expect(isinstance(space, gym.spaces.Space), f"{name} is {type(space).__name__}, not a Space")
-        again = space_codec.rebuild(wire.loads(wire.dumps(space_codec.describe(space))))
+        again = space_codec.rebuild(codec.loads(codec.dumps(space_codec.describe(space))))
         _expect(again == space, f"{name} {space} does not survive the round trip")
     obs, _ = env.reset(seed=0)
     _expect(

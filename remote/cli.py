@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import ExperimentError, RemoteError
+from .errors import ExperimentError, RemoteError, UnknownName
 
 OK, FAILED, USAGE, RUNTIME = 0, 1, 2, 3
 #: States in which a container on the record may have a process.
@@ -132,7 +132,7 @@ def _runner_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    from .image import resolve_image
+    from .images.sources import resolve_image
 
     image = resolve_image(args.source, sha256=args.sha256)
     if args.json:
@@ -143,7 +143,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from .image import resolve_image
+    from .images.sources import resolve_image
     from .progress import Progress
 
     recipe = Path(args.recipe)
@@ -195,7 +195,7 @@ def cmd_images_rm(args: argparse.Namespace) -> int:
 
 def cmd_images_prune(args: argparse.Namespace) -> int:
     from . import images
-    from .allocator import parse_size
+    from .manager.allocator import parse_size
 
     if args.older_than is None and args.max_size is None:
         raise ValueError("say what to prune: --older-than AGE and/or --max-size SIZE")
@@ -290,8 +290,9 @@ def _ps_rows(everything: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any
     """Containers (with live CPU % and RSS where they run) and sessions from the record."""
     import psutil
 
-    from .manager import _tree
-    from .record import Owner, Record
+    from .manager.lifecycle import process_tree
+    from .manager.record import Record
+    from .runtime.processes import Owner
 
     record = Record()
     where = "" if everything else "WHERE lost = 0 AND state IN ('CREATED', 'STARTING', 'RUNNING', 'PAUSED')"
@@ -315,7 +316,7 @@ def _ps_rows(everything: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any
     for c in containers:
         recorded = c["pid"] is not None and c["pid_started"] is not None
         if recorded and c["state"] in UP_STATES and Owner(c["pid"], c["pid_started"]).alive():
-            trees[c["id"]] = _tree(c["pid"])
+            trees[c["id"]] = process_tree(c["pid"])
             for process in trees[c["id"]]:
                 try:
                     process.cpu_percent(None)  # the first call starts the measurement
@@ -342,7 +343,7 @@ def _ps_rows(everything: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any
 
 def cmd_stop(args: argparse.Namespace) -> int:
     from .manager import stop_recorded
-    from .record import Record
+    from .manager.record import Record
 
     name = stop_recorded(Record(), args.target, kill=args.command == "kill", timeout=args.timeout)
     print(f"{'killed' if args.command == 'kill' else 'stopped'} {name}")
@@ -428,15 +429,10 @@ def cmd_bench(argv: list[str]) -> int:
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the examples as written; lists commands one per line, without a header line."""
+    """Keeps the examples and the command list as written."""
 
     def __init__(self, prog: str) -> None:
         super().__init__(prog, max_help_position=30)
-
-    def _format_action(self, action: argparse.Action) -> str:
-        if isinstance(action, argparse._SubParsersAction):
-            return "".join(self._format_action(sub) for sub in action._get_subactions())
-        return super()._format_action(action)
 
 
 def _add_runner_options(parser: argparse.ArgumentParser) -> None:
@@ -485,7 +481,14 @@ def _command(
         formatter_class=_Formatter,
     )
     parser.set_defaults(handler=handler)
+    subparsers.listing.append((name, summary))
     return parser
+
+
+def _listing(commands: list[tuple[str, str]]) -> str:
+    """The "available commands" section: one command and its summary a line."""
+    width = max(len(name) for name, _ in commands) + 2
+    return "available commands:\n" + "".join(f"  {name:<{width}}{summary}\n" for name, summary in commands)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -493,11 +496,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="remote",
         usage="remote [-h] [--version] <command> [options...]",
         description=SUMMARY,
-        epilog=EXAMPLES,
         formatter_class=_Formatter,
     )
     parser.add_argument("--version", action="version", version=f"remote {__version__}")
-    commands = parser.add_subparsers(dest="command", title="available commands", metavar="<command>")
+    # listed in the epilog by _listing (argparse would add a header line of its own)
+    commands = parser.add_subparsers(dest="command", metavar="<command>", help=argparse.SUPPRESS)
+    commands.listing = []
 
     p = _command(
         commands,
@@ -647,6 +651,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(commands, "help", "Show the help of a command", lambda a: USAGE, "  $ remote help run")
     p.add_argument("topic", metavar="<command>", nargs="?")
+    parser.epilog = f"{_listing(commands.listing)}\n{EXAMPLES}"
     return parser
 
 
@@ -665,6 +670,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return OK if args.command == "help" else USAGE
     try:
         return args.handler(args)
+    except UnknownName as exc:  # a name on the command line that names nothing
+        print(f"remote: error: {exc}", file=sys.stderr)
+        return USAGE
     except RemoteError as exc:
         print(f"remote: error: {exc}", file=sys.stderr)
         return RUNTIME

@@ -9,14 +9,13 @@ from typing import TYPE_CHECKING, Any, SupportsFloat
 import gymnasium as gym
 from gymnasium.envs.registration import EnvSpec
 
-from . import spaces as space_codec
-from . import wire
 from .errors import InvalidAction, ProtocolError, RemoteError, remote_exception
+from .protocol import spaces as space_codec
+from .protocol.channel import Channel
+from .protocol.ops import OK
 
 if TYPE_CHECKING:
     from .runner import RemoteRunner
-
-OK = 0
 
 
 class EnvStream:
@@ -30,10 +29,10 @@ class EnvStream:
     call says so.
     """
 
-    def __init__(self, runner: RemoteRunner, channel: wire.Channel, name: str) -> None:
+    def __init__(self, runner: RemoteRunner, channel: Channel, name: str) -> None:
         self.runner = runner
         self.name = name
-        self._channel: wire.Channel | None = channel
+        self._channel: Channel | None = channel
         self._broken: str | None = None
         self._owed = False  # a request went out and its reply has not been read
 
@@ -79,7 +78,7 @@ class EnvStream:
         self.drop(f"{self.name}: the connection broke the protocol; create a new env")
         raise ProtocolError(f"malformed reply to {op}: {reply!r:.100}")
 
-    def _usable(self) -> wire.Channel:
+    def _usable(self) -> Channel:
         """The channel, or RemoteError if the stream is closed or broken. A call interrupted
         (Ctrl-C, an exception from a signal handler) between its request and the end of its
         reply leaves the stream out of step: it is dropped here, not read out of turn."""
@@ -137,19 +136,17 @@ class RemoteEnvironmentClient(gym.Env):
         self.runner = runner
         self.env_id = env_id
         self.handle = handle
-        self._stream = stream
+        #: The env's stream to the container (dropped when the env or its runner closes).
+        self.stream = stream
         self._owns_runner = owns_runner
         self.observation_space = space_codec.rebuild(description["observation_space"])
         self.action_space = space_codec.rebuild(description["action_space"])
         self.metadata = dict(description.get("metadata") or {})
         self.render_mode = description.get("render_mode")
-        self.spec = _spec(description.get("spec"))
+        self.spec = spec_from(description.get("spec"))
         self.steps = self.episodes = 0  # totals for the record, counted without a call
         self.total_return = 0.0
         self.first_seed: int | None = None
-
-    def _drop(self, reason: str) -> None:
-        self._stream.drop(reason)
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -158,13 +155,13 @@ class RemoteEnvironmentClient(gym.Env):
         super().reset(seed=seed)  # keeps self.np_random consistent with a local env
         if self.first_seed is None:
             self.first_seed = seed
-        reply = self._stream.call("reset", [seed, options], 3)
+        reply = self.stream.call("reset", [seed, options], 3)
         return reply[1], reply[2]
 
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
         """Step the remote env. Returns ``(observation, reward, terminated, truncated, info)``."""
         try:
-            reply = self._stream.call("step", action, 6)
+            reply = self.stream.call("step", action, 6)
         except TypeError as exc:  # the codec cannot carry this action
             raise InvalidAction(f"action cannot be sent: {exc}") from None
         self.steps += 1
@@ -175,16 +172,16 @@ class RemoteEnvironmentClient(gym.Env):
 
     def render(self) -> Any:
         """Render remotely; ``rgb_array`` frames come back as ``uint8`` arrays (H, W, 3)."""
-        return self._stream.call("render", None, 2)[1]
+        return self.stream.call("render", None, 2)[1]
 
     def close(self) -> None:
         """Close the remote env (and its container, if :func:`remote.make` started it).
         Safe to call more than once."""
-        if self._stream.open:  # not broken, nor owed the reply to an interrupted call
+        if self.stream.open:  # not broken, nor owed the reply to an interrupted call
             with contextlib.suppress(RemoteError):  # gone or broken: nothing left to close
-                self._stream.call("close", None, 2)
+                self.stream.call("close", None, 2)
             self.runner.forget(self)
-        self._drop(f"{self.env_id} is closed")
+        self.stream.drop(f"{self.env_id} is closed")
         if self._owns_runner:
             self.runner.close()
 
@@ -192,7 +189,7 @@ class RemoteEnvironmentClient(gym.Env):
         return f"<RemoteEnvironmentClient {self.env_id} in {self.runner.image}>"
 
 
-def _spec(fields: dict[str, Any] | None) -> EnvSpec | None:
+def spec_from(fields: dict[str, Any] | None) -> EnvSpec | None:
     """The remote env's spec, keeping only the fields this gymnasium's EnvSpec knows."""
     if not fields or not fields.get("id"):
         return None

@@ -26,7 +26,11 @@ __all__ = [
     "ImageBuildError",
     "ImagePullError",
     "CacheError",
+    "UnknownName",
     "UnknownExperiment",
+    "UnknownImage",
+    "UnknownContainer",
+    "NotInArrayJob",
     "RuntimeNotAvailable",
     "ContainerStartError",
     "ContainerDied",
@@ -77,11 +81,28 @@ class CacheError(RemoteError):
     """The image cache cannot be written (read-only, full, over quota) or locked."""
 
 
-class UnknownExperiment(RemoteError, KeyError):
-    """The experiment id is not in the experiments lock file."""
+class UnknownName(RemoteError, KeyError):
+    """A name that names nothing: no such experiment, cached image or container. Also a
+    ``KeyError``, as a lookup that misses is in Python."""
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class UnknownExperiment(UnknownName):
+    """The experiment id is not in the experiments lock file."""
+
+
+class UnknownImage(UnknownName):
+    """Nothing in the image cache matches the reference (source, name or sha256 prefix)."""
+
+
+class UnknownContainer(UnknownName):
+    """No container has that name (or pid): in a manager, or running on the record."""
+
+
+class NotInArrayJob(RemoteError, RuntimeError):
+    """A Slurm array task id was asked for outside a Slurm array job, and none was given."""
 
 
 class RuntimeNotAvailable(RemoteError):

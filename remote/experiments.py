@@ -27,10 +27,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from . import wire
-from .cache import atomic_file
+from .config import experiments_file
 from .errors import UnknownExperiment, VersionMismatch
-from .image import Image, resolve_image
+from .images.cache import atomic_file
+from .images.sources import Image, resolve_image
+from .protocol.ops import PROTOCOL_VERSION
 
 DEFAULT_FILE = "remote-experiments.json"
 
@@ -47,7 +48,7 @@ class Experiment:
 
 def lock_file(path: str | os.PathLike[str] | None = None) -> Path:
     """The lock file: ``path``, else ``$REMOTE_EXPERIMENTS``, else ``./remote-experiments.json``."""
-    return Path(path or os.environ.get("REMOTE_EXPERIMENTS") or DEFAULT_FILE).expanduser().absolute()
+    return Path(path or experiments_file() or DEFAULT_FILE).expanduser().absolute()
 
 
 def load(experiment_id: str, path: str | os.PathLike[str] | None = None) -> Experiment:
@@ -78,10 +79,10 @@ def resolve(experiment_id: str, path: str | os.PathLike[str] | None = None) -> I
         UnknownExperiment, VersionMismatch, ChecksumMismatch, and what resolve_image raises.
     """
     experiment = load(experiment_id, path)
-    if experiment.protocol != wire.PROTOCOL_VERSION:
+    if experiment.protocol != PROTOCOL_VERSION:
         raise VersionMismatch(
             f"experiment {experiment_id!r} was pinned with protocol {experiment.protocol}; this remote "
-            f"speaks {wire.PROTOCOL_VERSION}: install the remote version it was run with"
+            f"speaks {PROTOCOL_VERSION}: install the remote version it was run with"
         )
     source = experiment.image
     if _is_path(source):  # relative to the lock file, which travels with the experiment code
@@ -105,7 +106,7 @@ def pin(
     if _is_path(source):  # relative when it sits beside the lock file, else absolute
         absolute = Path(source).expanduser().absolute()
         source = str(absolute.relative_to(file.parent) if absolute.is_relative_to(file.parent) else absolute)
-    experiment = Experiment(experiment_id, source, resolved.sha256, wire.PROTOCOL_VERSION)
+    experiment = Experiment(experiment_id, source, resolved.sha256, PROTOCOL_VERSION)
     experiments = _read(file)
     experiments[experiment_id] = {k: v for k, v in asdict(experiment).items() if k != "id"}
     with atomic_file(file, "w") as f:

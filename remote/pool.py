@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,19 +41,18 @@ class _Member:
 class PooledEnv(gym.Wrapper):
     """An env from a :class:`Pool`: closing it returns its container to the pool."""
 
-    def __init__(self, env: RemoteEnvironmentClient, pool: Pool, member: _Member) -> None:
+    def __init__(self, env: RemoteEnvironmentClient, release: Callable[[], None]) -> None:
         super().__init__(env)
-        self._pool = pool
-        self._member: _Member | None = member
+        self._release: Callable[[], None] | None = release
 
     def close(self) -> None:
-        member, self._member = self._member, None
-        if member is None:
+        release, self._release = self._release, None
+        if release is None:
             return
         try:
             self.env.close()
         finally:
-            self._pool._release(member)
+            release()
 
 
 class Pool:
@@ -110,7 +110,7 @@ class Pool:
         except BaseException:
             self._release(member)
             raise
-        return PooledEnv(env, self, member)
+        return PooledEnv(env, lambda: self._release(member))
 
     def _acquire(self) -> _Member:
         deadline = time.monotonic() + self.wait_timeout
@@ -214,7 +214,7 @@ class Pool:
                 "capacity_per_container": self.capacity,
                 "containers": [
                     {
-                        "pid": m.runner._process.pid if m.runner._process else None,
+                        "pid": m.runner.pid,
                         "envs": m.load,
                         "served": m.served,
                         "alive": m.runner.alive,

@@ -32,7 +32,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
 
 from .errors import ContainerDied, ContainerStartError, RemoteError
-from .vector import seeds_for
+from .seeding import seeds_for
 
 #: Event noted on the record when an actor's container starts: "ray node <id> on <host>".
 PLACED = "PLACED"

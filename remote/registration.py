@@ -7,11 +7,12 @@ host does not have). The image comes from the ``image=`` keyword or ``$REMOTE_IM
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import gymnasium as gym
 from gymnasium.envs.registration import registry
+
+from .config import default_image
 
 NAMESPACE = "remote"
 
@@ -20,7 +21,7 @@ def make_registered(remote_env_id: str, image: str | None = None, **kwargs: Any)
     """Entry point of every ``remote/...`` id: start a container and make the env in it."""
     from .runner import make
 
-    image = image or os.environ.get("REMOTE_IMAGE")
+    image = image or default_image()
     if not image:
         raise ValueError(
             f"{NAMESPACE}/{remote_env_id} needs an image: pass image='path/to.sif' (or set REMOTE_IMAGE)"

@@ -21,7 +21,7 @@ from typing import Any
 import Pyro5.api
 import Pyro5.errors
 
-from . import wire
+from . import config
 from .client import EnvStream, RemoteEnvironmentClient
 from .errors import (
     AuthenticationError,
@@ -37,14 +37,16 @@ from .errors import (
     remote_exception,
 )
 from .experiments import resolve as resolve_experiment
-from .payload import BOOTSTRAP, payload_dir
-from .record import Owner
+from .images.payload import BOOTSTRAP, payload_dir
+from .protocol import codec, ops
+from .protocol.channel import Channel
 from .runtime import Runtime, ServerProcess, get_runtime
+from .runtime.processes import Owner
 
 #: Seconds a call may take before :class:`CallTimeout`; ``$REMOTE_TIMEOUT`` overrides it.
-DEFAULT_TIMEOUT = float(os.environ.get("REMOTE_TIMEOUT", "300"))
+DEFAULT_TIMEOUT = config.timeout()
 #: Seconds the container may take to answer its first request.
-DEFAULT_START_TIMEOUT = float(os.environ.get("REMOTE_START_TIMEOUT", "120"))
+DEFAULT_START_TIMEOUT = config.start_timeout()
 #: Longest unix socket path accepted (the kernel's limit is 107 bytes).
 MAX_SOCKET_PATH = 100
 
@@ -61,7 +63,7 @@ class RemoteRunner:
         image: what the runtime runs, with Python, numpy and gymnasium (what the server needs
             beyond that is brought in at start). For Apptainer: a ``.sif`` path or sandbox
             folder, an ``https://`` URL with its sha256, a ``docker://``/``oras://``/
-            ``library://`` reference, or a ``.def`` recipe (see :func:`remote.image.resolve_image`);
+            ``library://`` reference, or a ``.def`` recipe (see :func:`remote.images.resolve_image`);
             for ``"process"`` a Python executable (``.venv/bin/python``); for Podman and Docker
             an image name.
         experiment: instead of ``image``, an experiment id pinned in the experiments lock
@@ -132,6 +134,8 @@ class RemoteRunner:
         self._clients: set[RemoteEnvironmentClient] = set()
         self._lock = threading.RLock()
         self._closed = False
+        #: The last lines the container printed, kept when it exits (for error messages).
+        self.log_tail = ""
         self._proxy: Pyro5.api.Proxy | None = None
         self._process: ServerProcess | None = None
         self.run_dir = _make_run_dir()
@@ -163,7 +167,7 @@ class RemoteRunner:
             self._process = ServerProcess(
                 argv,
                 self._log_path,
-                on_exit=self._on_exit,
+                on_exit=self.on_exit,
                 remove_on_exit=self.run_dir,
                 cleanup=lambda: self._runtime.cleanup(name),
             )
@@ -209,7 +213,7 @@ class RemoteRunner:
         proxy = Pyro5.api.Proxy(uri)
         proxy._pyroSerializer = "msgpack"
         proxy._pyroTimeout = self.timeout
-        proxy._pyroHandshake = {"protocol": wire.PROTOCOL_VERSION, "secret": self._secret}
+        proxy._pyroHandshake = {"protocol": ops.PROTOCOL_VERSION, "secret": self._secret}
         self._proxy = proxy
         self.info = self._control("info")  # the readiness probe: a real request, answered
         log.info(
@@ -235,7 +239,7 @@ class RemoteRunner:
             except Pyro5.errors.PyroError as exc:
                 raise ProtocolError(f"{method}: {type(exc).__name__}: {exc}") from None
         try:
-            status, payload = wire.loads(reply)
+            status, payload = codec.loads(reply)
         except (TypeError, ValueError):
             raise ProtocolError(f"malformed reply to {method}") from None
         if status == 0:
@@ -265,7 +269,7 @@ class RemoteRunner:
             f"the container running {self.image} died ({how}) during {what}; its "
             "environments are lost: start a new runner (remote.make / RemoteRunner)",
             code,
-            self._log_tail,
+            self.log_tail,
         )
 
     def timeout_error(self, what: str) -> CallTimeout:
@@ -275,12 +279,18 @@ class RemoteRunner:
             "env is this slow; a container stopped or overloaded does this too)"
         )
 
-    def _on_exit(self, returncode: int) -> None:
-        """Called by the watcher thread when the container exits, however it exits."""
-        self._log_tail = self._process.log_tail() if self._process else ""
+    def on_exit(self, returncode: int) -> None:
+        """Called by the watcher thread when the container exits, however it exits (with the
+        exit code, ``-N`` for signal N); subclasses extend it."""
+        self.log_tail = self._process.log_tail() if self._process else ""
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
-    _log_tail = ""
+    def on_env_open(self, client: RemoteEnvironmentClient) -> None:
+        """Called when an env of this runner has been made; subclasses extend it."""
+
+    def on_env_close(self, client: RemoteEnvironmentClient) -> None:
+        """Called when an env of this runner closes (before its slot in the container is
+        freed); subclasses extend it."""
 
     # -- environments ------------------------------------------------------------------------
 
@@ -295,9 +305,13 @@ class RemoteRunner:
         Raises:
             EnvCreationError: the container could not create it (unknown id, bad kwargs).
         """
-        return self._make(env_id, kwargs, owns_runner=False)
+        return self.open_env(env_id, kwargs)
 
-    def _make(self, env_id: str, kwargs: dict[str, Any], owns_runner: bool) -> RemoteEnvironmentClient:
+    def open_env(
+        self, env_id: str, kwargs: Mapping[str, Any], *, owns_runner: bool = False
+    ) -> RemoteEnvironmentClient:
+        """:meth:`make` with the env's kwargs as a mapping; ``owns_runner``: closing the env
+        closes this runner too (as :func:`remote.make` does)."""
         made = self._create(env_id, _encode_kwargs(env_id, kwargs))
         stream = self._open_stream({"env": made["handle"]}, env_id)
         client = RemoteEnvironmentClient(
@@ -305,10 +319,11 @@ class RemoteRunner:
         )
         with self._lock:
             self._clients.add(client)
+        self.on_env_open(client)
         return client
 
-    def _make_group(
-        self, env_id: str, count: int, kwargs: dict[str, Any]
+    def open_group(
+        self, env_id: str, count: int, kwargs: Mapping[str, Any]
     ) -> tuple[dict[str, Any], EnvStream]:
         """Create ``count`` envs served together on one stream (see :mod:`remote.vector`):
         the first env's description and the group's stream."""
@@ -337,14 +352,14 @@ class RemoteRunner:
         (``{"envs": [handle, ...]}``) it serves."""
         family, address = self._address(self._ready, "stream")
         sock = socket.socket(family, socket.SOCK_STREAM)
-        channel = wire.Channel(sock)
+        channel = Channel(sock)
         try:
             sock.settimeout(self.timeout)
             sock.connect(address)
             if family == socket.AF_INET:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             channel.settimeout(self.timeout)
-            channel.send({"protocol": wire.PROTOCOL_VERSION, "secret": self._secret, **target})
+            channel.send({"protocol": ops.PROTOCOL_VERSION, "secret": self._secret, **target})
             status, payload = channel.recv()
         except OSError as exc:
             sock.close()
@@ -414,7 +429,7 @@ class RemoteRunner:
         }
 
         def call(request: dict[str, Any]) -> Any:
-            return self._control("experiment", wire.dumps(request), base=ExperimentError)
+            return self._control("experiment", codec.dumps(request), base=ExperimentError)
 
         number = call({"op": "start", "spec": spec})
         try:
@@ -439,6 +454,7 @@ class RemoteRunner:
 
     def forget(self, client: RemoteEnvironmentClient) -> None:
         """Called by a client on close: free the env's slot in the container."""
+        self.on_env_close(client)
         with self._lock:
             self._clients.discard(client)
         if not self._closed and self._process is not None and not self._process.exited.is_set():
@@ -459,7 +475,7 @@ class RemoteRunner:
                 self._proxy._pyroClaimOwnership()
                 self._proxy._pyroRelease()
         for client in clients:
-            client._drop(f"{client.env_id}: its runner was closed")
+            client.stream.drop(f"{client.env_id}: its runner was closed")
         if self._process is not None:
             self._process.stop(timeout)
         shutil.rmtree(self.run_dir, ignore_errors=True)
@@ -467,6 +483,11 @@ class RemoteRunner:
             self._log_path.unlink(missing_ok=True)
         with _live_lock:
             _live.discard(self)
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has been called."""
+        return self._closed
 
     @property
     def pid(self) -> int | None:
@@ -521,15 +542,15 @@ def make(
         **(runner_options or {}),
     )
     try:
-        return runner._make(env_id, env_kwargs, owns_runner=True)
+        return runner.open_env(env_id, env_kwargs, owns_runner=True)
     except BaseException:
         runner.close()
         raise
 
 
-def _encode_kwargs(env_id: str, kwargs: dict[str, Any]) -> bytes:
+def _encode_kwargs(env_id: str, kwargs: Mapping[str, Any]) -> bytes:
     try:
-        return wire.dumps(kwargs)
+        return codec.dumps(kwargs)
     except TypeError as exc:
         raise TypeError(f"env kwargs for {env_id!r} cannot be sent: {exc}") from None
 

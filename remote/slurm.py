@@ -48,9 +48,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from .cache import cache_dir
 from .client import RemoteEnvironmentClient
-from .ports import instance_name
+from .config import record_file
+from .errors import NotInArrayJob
+from .images.cache import cache_dir
+from .manager.ports import instance_name
 
 #: Filesystem types on which the record must not live (see :func:`record_path`).
 NETWORK_FILESYSTEMS = frozenset(
@@ -71,13 +73,13 @@ def task_id(default: int | None = None) -> int:
     """``$SLURM_ARRAY_TASK_ID``, else ``default``.
 
     Raises:
-        RuntimeError: neither is there (not in a Slurm array job, and no default).
+        NotInArrayJob: neither is there (not in a Slurm array job, and no default).
     """
     text = os.environ.get("SLURM_ARRAY_TASK_ID")
     if text is not None:
         return int(text)
     if default is None:
-        raise RuntimeError("not in a Slurm array job (no SLURM_ARRAY_TASK_ID): pass the task id")
+        raise NotInArrayJob("not in a Slurm array job (no SLURM_ARRAY_TASK_ID): pass the task id")
     return default
 
 
@@ -105,8 +107,9 @@ def filesystem_type(path: str | os.PathLike[str]) -> str:
 def record_path() -> Path:
     """Where this node's record goes: ``$REMOTE_RECORD``; else the cache's record, unless the
     cache is on a network filesystem, then ``/tmp/remote-<user>/record.sqlite``."""
-    if os.environ.get("REMOTE_RECORD"):
-        return Path(os.environ["REMOTE_RECORD"])
+    explicit = record_file()
+    if explicit is not None:
+        return explicit
     if filesystem_type(cache_dir()) in NETWORK_FILESYSTEMS:
         return Path("/tmp") / f"remote-{os.getuid()}" / "record.sqlite"
     return cache_dir() / "record.sqlite"
@@ -117,7 +120,7 @@ class ArrayTask:
 
     def __init__(self, task: int, seed: int, log_path: Path, runtime: Any = None) -> None:
         from .manager import ContainerManager
-        from .record import Record
+        from .manager.record import Record
 
         self.task_id = task
         self.seed = seed

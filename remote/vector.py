@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from copy import deepcopy
 from typing import Any
@@ -22,10 +22,11 @@ from gymnasium.spaces import Box, MultiBinary, MultiDiscrete
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
 
-from . import spaces as space_codec
-from .client import EnvStream, _spec
+from .client import EnvStream, spec_from
 from .errors import InvalidAction, ProtocolError, RemoteError
+from .protocol import spaces as space_codec
 from .runner import DEFAULT_TIMEOUT, RemoteRunner
+from .seeding import seeds_for
 
 #: Spaces whose batch is one array, split into actions row by row.
 _ARRAY_SPACES = (Box, MultiDiscrete, MultiBinary)
@@ -66,7 +67,7 @@ class RemoteVectorEnv(VectorEnv):
         def start(size: int) -> tuple[RemoteRunner, dict[str, Any], EnvStream]:
             runner = RemoteRunner(image, **options)
             try:
-                description, stream = runner._make_group(env_id, size, env_kwargs)
+                description, stream = runner.open_group(env_id, size, env_kwargs)
             except BaseException:
                 runner.close()
                 raise
@@ -89,7 +90,7 @@ class RemoteVectorEnv(VectorEnv):
         self.action_space = batch_space(self.single_action_space, num_envs)
         self.metadata = {**(description.get("metadata") or {}), "autoreset_mode": AutoresetMode.NEXT_STEP}
         self.render_mode = description.get("render_mode")
-        self.spec = _spec(description.get("spec"))
+        self.spec = spec_from(description.get("spec"))
         self._observations = create_empty_array(self.single_observation_space, n=num_envs, fn=np.zeros)
 
     def reset(
@@ -185,21 +186,13 @@ class RemoteVectorEnv(VectorEnv):
             with ThreadPoolExecutor(max_workers=len(self._runners)) as pool:
                 list(pool.map(RemoteRunner.close, self._runners))
 
+    @property
+    def runners(self) -> list[RemoteRunner]:
+        """The runners of the containers, one per group of envs."""
+        return list(self._runners)
+
     def __repr__(self) -> str:
         return f"<RemoteVectorEnv {self.num_envs} envs in {len(self.group_sizes)} containers>"
-
-
-def seeds_for(seed: int | Sequence[int | None] | None, num_envs: int) -> list[int | None]:
-    """One seed per env, as gymnasium's vector envs take them: None for all, an int ``s``
-    (env ``i`` gets ``s + i``), or a list of ``num_envs`` seeds."""
-    if seed is None:
-        return [None] * num_envs
-    if isinstance(seed, int):
-        return [seed + i for i in range(num_envs)]
-    seeds = list(seed)
-    if len(seeds) != num_envs:
-        raise ValueError(f"got {len(seeds)} seeds for {num_envs} envs")
-    return seeds
 
 
 def make_vec(

@@ -58,8 +58,8 @@ def lease_at_once(path: str, worker: int, barrier, ports, done) -> None:
     """A worker process for the port lease test (here, not in the test module, so that a
     forkserver child imports nothing heavy): lease a port when all are ready, report it,
     and hold it until ``done``."""
-    from remote.ports import instance_name, lease_ports
-    from remote.record import Record
+    from remote.manager.ports import instance_name, lease_ports
+    from remote.manager.record import Record
 
     record = Record(path)
     barrier.wait()

@@ -23,9 +23,9 @@ from helpers import wait_gone
 from https_server import ImageServer
 
 import remote
-from remote import cache
+from remote.images import cache
 from remote.progress import Progress
-from remote.record import Owner
+from remote.runtime.processes import Owner
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_ENVS = ROOT / "tests" / "envs"

@@ -13,9 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from remote import spaces as space_codec
-from remote import wire
 from remote.errors import ProtocolError
+from remote.protocol import channel as frame_channel
+from remote.protocol import codec
+from remote.protocol import spaces as space_codec
 
 DTYPES = st.one_of(
     hnp.boolean_dtypes(),
@@ -82,13 +83,13 @@ VALUES = st.recursive(
 @settings(max_examples=400, deadline=None)
 @given(VALUES)
 def test_values_round_trip_bit_identical(value):
-    assert same(wire.loads(wire.dumps(value)), value)
+    assert same(codec.loads(codec.dumps(value)), value)
 
 
 @settings(max_examples=300, deadline=None)
 @given(arrays())
 def test_arrays_round_trip_bit_identical(array):
-    back = wire.loads(wire.dumps(array))
+    back = codec.loads(codec.dumps(array))
     assert back.dtype == array.dtype and back.shape == array.shape
     assert back.tobytes() == np.ascontiguousarray(array).tobytes()
 
@@ -118,10 +119,10 @@ def test_values_round_trip_bit_identical_through_frames(value, buffer_size):
     (the receive buffer may have grown in between)."""
     a, b = socket.socketpair()
     with a, b:
-        channel = wire.Channel(b, buffer_size)
+        channel = frame_channel.Channel(b, buffer_size)
         received = []
         for _ in range(2):  # a peer sends its next frame only after an answer
-            sender = threading.Thread(target=wire.Channel(a).send, args=(value,))
+            sender = threading.Thread(target=frame_channel.Channel(a).send, args=(value,))
             sender.start()
             received.append(channel.recv())
             sender.join()
@@ -169,27 +170,27 @@ SPACES = st.recursive(
 @settings(max_examples=200, deadline=None)
 @given(SPACES, st.integers(0, 2**32 - 1))
 def test_spaces_and_their_samples_round_trip(space, seed):
-    back = space_codec.rebuild(wire.loads(wire.dumps(space_codec.describe(space))))
+    back = space_codec.rebuild(codec.loads(codec.dumps(space_codec.describe(space))))
     assert back == space and type(back) is type(space)
     space.seed(seed)
     sample = space.sample()
-    assert same(wire.loads(wire.dumps(sample)), sample)
-    assert back.contains(wire.loads(wire.dumps(sample)))
+    assert same(codec.loads(codec.dumps(sample)), sample)
+    assert back.contains(codec.loads(codec.dumps(sample)))
 
 
 @settings(max_examples=500, deadline=None)
 @given(st.binary(max_size=64))
 def test_random_bytes_never_crash_the_decoder(data):
     with contextlib.suppress(ProtocolError):  # refused cleanly: the only acceptable failure
-        wire.loads(data)
+        codec.loads(data)
 
 
 def test_graph_space_round_trip():
     space = spaces.Graph(spaces.Box(0, 1, (3,)), spaces.Discrete(2))
-    assert space_codec.rebuild(wire.loads(wire.dumps(space_codec.describe(space)))) == space
+    assert space_codec.rebuild(codec.loads(codec.dumps(space_codec.describe(space)))) == space
 
 
 @pytest.mark.parametrize("value", [{1, 2}, object(), np.array([None]), 1 + 2j, 2**70])
 def test_values_the_codec_refuses(value):
     with pytest.raises((TypeError, OverflowError)):
-        wire.dumps(value)
+        codec.dumps(value)

@@ -8,6 +8,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import remote
+from remote.protocol.ops import PROTOCOL_VERSION
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +177,7 @@ def test_make_one_liner_and_versions_from_inside(runtime):
     env = runtime.make("CartPole-v1")
     try:
         info = env.runner.info
-        assert info["protocol"] == remote.wire.PROTOCOL_VERSION and info["gymnasium"] and info["numpy"]
+        assert info["protocol"] == PROTOCOL_VERSION and info["gymnasium"] and info["numpy"]
         obs, _ = env.reset(seed=0)
         assert obs.shape == (4,)
     finally:

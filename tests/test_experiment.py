@@ -15,7 +15,7 @@ import pytest
 from helpers import children, wait_gone
 
 import remote
-from remote.experiment_loop import LOG_FIELDS, read_log
+from remote.protocol.runlog import LOG_FIELDS, read_log
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 import remote
-from remote import wire
-from remote.cache import sha256_file
+from remote.images.cache import sha256_file
+from remote.protocol.ops import PROTOCOL_VERSION
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,7 +32,7 @@ def write_lock(path: Path, **entry) -> None:
 def test_pin_then_run_by_experiment_id_logs_image_and_versions(image, tmp_path, monkeypatch, caplog):
     lock = tmp_path / "remote-experiments.json"
     pinned = remote.experiments.pin("exp:0.01", image, path=lock)
-    assert pinned.sha256 == sha256_file(Path(image)) and pinned.protocol == wire.PROTOCOL_VERSION
+    assert pinned.sha256 == sha256_file(Path(image)) and pinned.protocol == PROTOCOL_VERSION
     stored = json.loads(lock.read_text())["experiments"]["exp:0.01"]
     assert stored["sha256"] == pinned.sha256 and stored["image"] == image  # absolute: not beside the lock
 
@@ -52,7 +52,7 @@ def test_pin_then_run_by_experiment_id_logs_image_and_versions(image, tmp_path, 
 
 def test_mismatching_digest_is_refused_before_start(image, tmp_path, monkeypatch):
     lock = tmp_path / "pins.json"
-    write_lock(lock, image=image, sha256="0" * 64, protocol=wire.PROTOCOL_VERSION)
+    write_lock(lock, image=image, sha256="0" * 64, protocol=PROTOCOL_VERSION)
     monkeypatch.setenv("REMOTE_EXPERIMENTS", str(lock))
     with pytest.raises(remote.ChecksumMismatch, match="0" * 64):
         remote.RemoteRunner(experiment="exp:0.01")
@@ -62,7 +62,7 @@ def test_mismatching_digest_is_refused_before_start(image, tmp_path, monkeypatch
 
 def test_other_protocol_and_unknown_ids_are_refused(image, tmp_path):
     lock = tmp_path / "pins.json"
-    write_lock(lock, image=image, sha256=sha256_file(Path(image)), protocol=wire.PROTOCOL_VERSION + 1)
+    write_lock(lock, image=image, sha256=sha256_file(Path(image)), protocol=PROTOCOL_VERSION + 1)
     with pytest.raises(remote.VersionMismatch, match="protocol"):
         remote.RemoteRunner(experiment="exp:0.01", experiments=lock)
     with pytest.raises(remote.UnknownExperiment, match="exp:9"):

@@ -11,8 +11,9 @@ import msgpack
 import numpy as np
 import pytest
 
-from remote import wire
 from remote.errors import ProtocolError
+from remote.protocol import codec
+from remote.protocol.channel import Channel
 
 
 def _header(dtype: str, shape: tuple[int, ...]) -> bytes:
@@ -41,16 +42,16 @@ def test_malformed_frames_are_refused(frame, message):
     with a, b:
         a.sendall(frame)
         with pytest.raises(ProtocolError, match=message):
-            wire.Channel(b).recv()
+            Channel(b).recv()
 
 
 def test_out_of_band_arrays_larger_than_the_buffer_and_small_ones_in_one_frame():
     a, b = socket.socketpair()
     with a, b:
         value = [np.arange(1_000_000, dtype=np.float32), np.arange(3), (np.ones((512, 9)), "x")]
-        channel = wire.Channel(b, buffer_size=1024)
+        channel = Channel(b, buffer_size=1024)
         for _ in range(3):
-            sender = threading.Thread(target=wire.Channel(a).send, args=(value,))
+            sender = threading.Thread(target=Channel(a).send, args=(value,))
             sender.start()
             got = channel.recv()
             sender.join()
@@ -61,7 +62,7 @@ def test_out_of_band_arrays_larger_than_the_buffer_and_small_ones_in_one_frame()
 
 def test_inline_codec_refuses_out_of_band_arrays():
     with pytest.raises(ProtocolError, match="extension"):
-        wire.loads(msgpack.packb(msgpack.ExtType(4, _header("<f8", (2,)))))
+        codec.loads(msgpack.packb(msgpack.ExtType(4, _header("<f8", (2,)))))
 
 
 @pytest.mark.parametrize("cut", [None, 8 + 46 + 5000, 8 + 46 + 9000])  # body: 46 bytes
@@ -71,13 +72,13 @@ def test_out_of_band_arrays_whole_or_split_across_reads_own_their_memory(cut, bu
     the rest are read straight into their memory: either way a later frame changes nothing."""
     a, b = socket.socketpair()
     with a, b:
-        channel = wire.Channel(b, buffer_size)
+        channel = Channel(b, buffer_size)
         frames = [[np.full(6000, i, np.uint8), np.full((20, 100), i, np.float32), "tail"] for i in (1, 2)]
         received = []
         for value in frames:
             sender_side = socket.socketpair()
             with sender_side[0], sender_side[1]:
-                wire.Channel(sender_side[0]).send(value)  # encode once, then dribble it to `a`
+                Channel(sender_side[0]).send(value)  # encode once, then dribble it to `a`
                 data = sender_side[1].recv(1 << 20)
             assert len(data) == 8 + 46 + 6000 + 8000
             if cut is None:
@@ -100,7 +101,7 @@ def test_a_channel_timeout_is_kept_by_the_kernel_and_raises_timeout_error():
     ends in TimeoutError after the timeout, and None waits again for ever."""
     a, b = socket.socketpair()
     with a, b:
-        channel = wire.Channel(b)
+        channel = Channel(b)
         channel.settimeout(0.2)
         assert b.gettimeout() is None
         started = time.monotonic()
@@ -111,7 +112,7 @@ def test_a_channel_timeout_is_kept_by_the_kernel_and_raises_timeout_error():
             for _ in range(10_000):  # nobody reads `a`: the buffers fill up
                 channel.send(np.zeros(1 << 16, np.uint8))
         channel.settimeout(None)
-        replier = threading.Timer(0.3, wire.Channel(a).send, args=("late",))
+        replier = threading.Timer(0.3, Channel(a).send, args=("late",))
         replier.start()
         assert channel.recv() == "late"
         replier.join()

@@ -13,7 +13,9 @@ from pathlib import Path
 import msgpack
 
 import remote
-from remote import wire
+from remote.protocol import channel as frame_channel
+from remote.protocol import codec
+from remote.protocol.ops import PROTOCOL_VERSION
 
 
 class Canary:
@@ -28,10 +30,24 @@ class Canary:
 
 def fuzz_frames(rng: random.Random, canary: str, handle: int, secret: str):
     """Yield (needs_hello, raw bytes): garbage, malformed frames, hostile and random requests."""
-    hello = {"protocol": wire.PROTOCOL_VERSION, "secret": secret, "env": handle}
+    hello = {"protocol": PROTOCOL_VERSION, "secret": secret, "env": handle}
     evil = pickle.dumps(Canary(canary))
-    values = [None, True, -1, 2**40, 1.5, "step", "reset", b"\x80\x04", [], {}, [1, 2], {"a": 1},
-              evil, "__import__('os').system('touch " + canary + "')"]
+    values = [
+        None,
+        True,
+        -1,
+        2**40,
+        1.5,
+        "step",
+        "reset",
+        b"\x80\x04",
+        [],
+        {},
+        [1, 2],
+        {"a": 1},
+        evil,
+        "__import__('os').system('touch " + canary + "')",
+    ]
     while True:
         kind = rng.randrange(8)
         if kind == 0:  # raw garbage, any length
@@ -39,15 +55,22 @@ def fuzz_frames(rng: random.Random, canary: str, handle: int, secret: str):
         elif kind == 1:  # a pickle where a frame should be
             yield False, struct.pack("<II", len(evil) + 4, len(evil)) + evil
         elif kind == 2:  # a frame header announcing too much
-            yield False, struct.pack("<II", rng.choice([2**31, wire.MAX_FRAME + 1, 3]), 2**30)
+            yield False, struct.pack("<II", rng.choice([2**31, frame_channel.MAX_FRAME + 1, 3]), 2**30)
         elif kind == 3:  # hello with wrong fields
             bad = dict(hello, **{rng.choice(["protocol", "secret", "env"]): rng.choice(values)})
             yield False, _frame(bad)
         elif kind == 4:  # random msgpack body, right framing
             yield True, _frame_raw(msgpack.packb(rng.choice(values)))
         elif kind == 5:  # unknown and hostile operations
-            yield True, _frame([rng.choice(["__class__", "__reduce__", "system", "eval", "close_all", 7]),
-                                rng.choice(values)])
+            yield (
+                True,
+                _frame(
+                    [
+                        rng.choice(["__class__", "__reduce__", "system", "eval", "close_all", 7]),
+                        rng.choice(values),
+                    ]
+                ),
+            )
         elif kind == 6:  # real operations with wrong arguments
             yield True, _frame([rng.choice(["step", "reset", "render"]), rng.choice(values)])
         else:  # an extension type we never send, or a malformed array
@@ -56,7 +79,7 @@ def fuzz_frames(rng: random.Random, canary: str, handle: int, secret: str):
 
 
 def _frame(obj) -> bytes:
-    return _frame_raw(wire.dumps(obj))
+    return _frame_raw(codec.dumps(obj))
 
 
 def _frame_raw(body: bytes) -> bytes:
@@ -71,7 +94,7 @@ def test_ten_thousand_fuzzed_frames(image, tmp_path):
         env.reset(seed=0)
         server = runner.info["pid"]
         address = runner._ready["stream"]
-        hello = _frame({"protocol": wire.PROTOCOL_VERSION, "secret": runner._secret, "env": env.handle})
+        hello = _frame({"protocol": PROTOCOL_VERSION, "secret": runner._secret, "env": env.handle})
         sent = refused = 0
         frames = fuzz_frames(rng, canary, env.handle, runner._secret)
         while sent < 10_000:
@@ -83,7 +106,7 @@ def test_ten_thousand_fuzzed_frames(image, tmp_path):
                     s.sendall(data)
                     s.shutdown(socket.SHUT_WR)
                     try:
-                        reply = wire.Channel(s).recv()
+                        reply = frame_channel.Channel(s).recv()
                         assert reply[0] == 1, f"accepted a bad hello: {data!r:.80}"
                     except (ConnectionError, remote.ProtocolError):
                         pass  # dropped without a word: fine too
@@ -91,12 +114,12 @@ def test_ten_thousand_fuzzed_frames(image, tmp_path):
                     sent += 1
                     continue
                 s.sendall(hello)
-                assert wire.Channel(s).recv() == [0, None]
+                assert frame_channel.Channel(s).recv() == [0, None]
                 while needs_hello and sent < 10_000:  # several requests on one connection
                     s.sendall(data)
                     sent += 1
                     try:
-                        reply = wire.Channel(s).recv()
+                        reply = frame_channel.Channel(s).recv()
                     except (ConnectionError, remote.ProtocolError):
                         refused += 1  # the server dropped the connection: fine
                         break

@@ -16,8 +16,8 @@ import pytest
 from https_server import ImageServer
 
 import remote
-from remote import cache
-from remote.image import _recipe_key
+from remote.images import cache
+from remote.images.build import recipe_key
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -313,11 +313,11 @@ def test_recipe_key_follows_the_recipe_args_and_files(tmp_path, monkeypatch):
     (tmp_path / "data.txt").write_text("v1")
     recipe = tmp_path / "r.def"
     recipe.write_text("Bootstrap: localimage\nFrom: {{ BASE }}\n%files\n    data.txt /data.txt\n")
-    key = _recipe_key(recipe, {"BASE": "a.sif"})
-    assert _recipe_key(recipe, {"BASE": "a.sif"}) == key
-    assert _recipe_key(recipe, {"BASE": "b.sif"}) != key
+    key = recipe_key(recipe, {"BASE": "a.sif"})
+    assert recipe_key(recipe, {"BASE": "a.sif"}) == key
+    assert recipe_key(recipe, {"BASE": "b.sif"}) != key
     (tmp_path / "data.txt").write_text("v2 longer")
-    assert _recipe_key(recipe, {"BASE": "a.sif"}) != key
+    assert recipe_key(recipe, {"BASE": "a.sif"}) != key
 
 
 # -- helpers ----------------------------------------------------------------------------------------

@@ -19,7 +19,9 @@ import pytest
 from helpers import alive, apptainer_instances, children, container_exists, server_pid, wait_gone
 
 import remote
-from remote import wire
+from remote.protocol import ops
+from remote.protocol.channel import Channel
+from remote.protocol.ops import PROTOCOL_VERSION
 
 
 def assert_nothing_left(runner: remote.RemoteRunner, pids: list[int]) -> None:
@@ -158,7 +160,7 @@ def test_unknown_env_id(image):
 
 
 def test_version_mismatch(image, monkeypatch):
-    monkeypatch.setattr(wire, "PROTOCOL_VERSION", 999)
+    monkeypatch.setattr(ops, "PROTOCOL_VERSION", 999)
     with pytest.raises(remote.VersionMismatch, match="999"):
         remote.RemoteRunner(image)
 
@@ -188,7 +190,7 @@ def test_tcp_requires_the_secret(image):
         env = runner.make("CartPole-v1")
         assert env.reset(seed=0)[0].shape == (4,)  # the runner, with the secret, works
         port = int(runner._ready["control"])
-        for handshake in ("hello", {"protocol": wire.PROTOCOL_VERSION, "secret": "0" * 64}):
+        for handshake in ("hello", {"protocol": PROTOCOL_VERSION, "secret": "0" * 64}):
             proxy = Pyro5.api.Proxy(f"PYRO:runner@127.0.0.1:{port}")
             proxy._pyroSerializer = "msgpack"
             proxy._pyroHandshake = handshake
@@ -198,8 +200,8 @@ def test_tcp_requires_the_secret(image):
             proxy._pyroRelease()
         # the env stream refuses a wrong secret too, and closes the connection
         with socket.create_connection(("127.0.0.1", int(runner._ready["stream"])), timeout=5) as s:
-            wire.Channel(s).send({"protocol": wire.PROTOCOL_VERSION, "secret": "bad", "env": env.handle})
-            status, error = wire.Channel(s).recv()
+            Channel(s).send({"protocol": PROTOCOL_VERSION, "secret": "bad", "env": env.handle})
+            status, error = Channel(s).recv()
             assert status == 1 and "authentication failed" in error["message"]
             assert s.recv(1) == b""
         assert env.step(0)[1] == 1.0  # the real client is unaffected

@@ -16,10 +16,10 @@ import pytest
 from helpers import alive, wait_gone
 
 import remote
-from remote.allocator import ResourceAllocator
-from remote.limits import CGROUP, RLIMIT, cgroup_limits_available, container_cgroups
 from remote.manager import ContainerManager, State
-from remote.record import Record
+from remote.manager.allocator import ResourceAllocator
+from remote.manager.record import Record
+from remote.runtime.limits import CGROUP, RLIMIT, cgroup_limits_available, container_cgroups
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -238,7 +238,7 @@ ORPHAN_SCRIPT = """
 import sys
 sys.path.insert(0, {root!r})
 from remote.manager import ContainerManager
-from remote.record import Record
+from remote.manager.record import Record
 manager = ContainerManager(Record({path!r}), prefix="orphan", sample_interval=0)
 for worker, paused in enumerate([True, False]):
     name = manager.create(worker, {image!r})

@@ -11,11 +11,11 @@ import pytest
 from helpers import lease_at_once
 
 import remote
-from remote.allocator import ResourceAllocator, parse_size
-from remote.limits import CGROUP, RLIMIT, LimitedRuntime
-from remote.ports import instance_name, is_free, lease_ports, release_ports
-from remote.record import SCHEMA_VERSION, Record
+from remote.manager.allocator import ResourceAllocator, parse_size
+from remote.manager.ports import instance_name, is_free, lease_ports, release_ports
+from remote.manager.record import SCHEMA_VERSION, Record
 from remote.runtime import Apptainer
+from remote.runtime.limits import CGROUP, RLIMIT, LimitedRuntime
 
 WORKERS = 32
 

@@ -15,8 +15,9 @@ from stable_baselines3.common.evaluation import evaluate_policy  # noqa: E402
 def test_ppo_trains_on_a_remote_cartpole(image):
     env = remote.make("CartPole-v1", image=image)
     try:
-        model = sb3.PPO("MlpPolicy", env, n_steps=512, batch_size=64, learning_rate=1e-3, seed=0,
-                        device="cpu", verbose=0)
+        model = sb3.PPO(
+            "MlpPolicy", env, n_steps=512, batch_size=64, learning_rate=1e-3, seed=0, device="cpu", verbose=0
+        )
         before, _ = evaluate_policy(model, env, n_eval_episodes=20, deterministic=False)
         model.learn(total_timesteps=6000)
         after, _ = evaluate_policy(model, env, n_eval_episodes=20, deterministic=False)

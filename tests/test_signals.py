@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 from helpers import wait_gone
 
-from remote.record import Record
+from remote.manager.record import Record
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,7 +20,7 @@ HOST = """
 import sys, time
 sys.path.insert(0, {root!r})
 from remote.manager import ContainerManager
-from remote.record import Record
+from remote.manager.record import Record
 manager = ContainerManager(Record({path!r}), prefix="job", sample_interval=0)
 for worker in range(4):
     name = manager.create(worker, {image!r}, cpus=0.25)  # 4 fit on 2 cores

@@ -202,13 +202,19 @@ def test_sbatch_array_of_eight(tmp_path, cluster_env, image, slurm):
 
 def test_scancel_stops_the_container_and_flushes_the_log(tmp_path, cluster_env, image, slurm):
     hold, logs = tmp_path / "running.json", tmp_path / "logs"
-    script = (
-        f"import slurm_tasks; slurm_tasks.rollout(None, {image!r}, None, {str(logs)!r}, {str(hold)!r})"
-    )
+    script = f"import slurm_tasks; slurm_tasks.rollout(None, {image!r}, None, {str(logs)!r}, {str(hold)!r})"
     submitted = subprocess.run(
-        ["sbatch", "--parsable", "--array=3", f"--output={tmp_path}/slurm-%A_%a.out", "--wrap",
-         f"{sys.executable} -c \"{script}\""],
-        capture_output=True, text=True, check=True,
+        [
+            "sbatch",
+            "--parsable",
+            "--array=3",
+            f"--output={tmp_path}/slurm-%A_%a.out",
+            "--wrap",
+            f'{sys.executable} -c "{script}"',
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     job = submitted.stdout.strip().split(";")[0]
     deadline = time.monotonic() + 120

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from gymnasium import spaces
 
-from remote import spaces as space_codec
-from remote import wire
 from remote.errors import ProtocolError
+from remote.protocol import codec
+from remote.protocol import spaces as space_codec
 
 SPACES = [
     spaces.Box(-1.0, 1.0, (3, 2), np.float32),
@@ -34,7 +34,7 @@ SPACES = [
 
 @pytest.mark.parametrize("space", SPACES, ids=[repr(s)[:40] for s in SPACES])
 def test_space_round_trips_through_the_wire(space):
-    back = space_codec.rebuild(wire.loads(wire.dumps(space_codec.describe(space))))
+    back = space_codec.rebuild(codec.loads(codec.dumps(space_codec.describe(space))))
     assert back == space
     assert type(back) is type(space)
     if isinstance(space, spaces.Dict):

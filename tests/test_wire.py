@@ -10,8 +10,9 @@ import msgpack
 import numpy as np
 import pytest
 
-from remote import wire
 from remote.errors import ProtocolError
+from remote.protocol import channel as frame_channel
+from remote.protocol import codec
 
 DTYPES = [
     "bool",
@@ -42,7 +43,7 @@ def test_arrays_round_trip_bit_identical(dtype, shape):
     rng = np.random.default_rng(0)
     raw = rng.integers(0, 255, size=int(np.prod(shape)) * np.dtype(dtype).itemsize, dtype=np.uint8)
     array = np.frombuffer(raw.tobytes(), dtype=dtype).reshape(shape)
-    back = wire.loads(wire.dumps(array))
+    back = codec.loads(codec.dumps(array))
     assert back.dtype == array.dtype and back.shape == array.shape
     assert back.tobytes() == array.tobytes()
     assert back.flags.writeable
@@ -50,7 +51,7 @@ def test_arrays_round_trip_bit_identical(dtype, shape):
 
 def test_non_contiguous_arrays():
     array = np.arange(24, dtype=np.int32).reshape(4, 6)[::2, ::3].T
-    back = wire.loads(wire.dumps(array))
+    back = codec.loads(codec.dumps(array))
     assert np.array_equal(back, array) and back.dtype == array.dtype
 
 
@@ -61,7 +62,7 @@ def test_nested_tuples_dicts_and_scalars_keep_their_types():
         "t": (),
         "flag": np.bool_(True),
     }
-    back = wire.loads(wire.dumps(value))
+    back = codec.loads(codec.dumps(value))
     assert back == value
     assert isinstance(back["a"], tuple) and isinstance(back["a"][1], tuple)
     assert isinstance(back["a"][2], list)
@@ -71,9 +72,9 @@ def test_nested_tuples_dicts_and_scalars_keep_their_types():
 
 def test_unsupported_values_are_refused():
     with pytest.raises(TypeError, match="object"):
-        wire.dumps(object())
+        codec.dumps(object())
     with pytest.raises(TypeError, match="object"):
-        wire.dumps(np.array([object()]))
+        codec.dumps(np.array([object()]))
 
 
 @pytest.mark.parametrize(
@@ -88,23 +89,23 @@ def test_unsupported_values_are_refused():
 )
 def test_malformed_input_raises_protocol_error(data):
     with pytest.raises(ProtocolError):
-        wire.loads(data)
+        codec.loads(data)
 
 
 def test_frames_over_a_socket_and_the_size_limit(monkeypatch):
     a, b = socket.socketpair()
     with a, b:
         big = np.arange(300_000, dtype=np.float64)  # larger than the socket buffer
-        sender = threading.Thread(target=wire.Channel(a).send, args=({"x": big},))
+        sender = threading.Thread(target=frame_channel.Channel(a).send, args=({"x": big},))
         sender.start()
-        assert np.array_equal(wire.Channel(b).recv()["x"], big)
+        assert np.array_equal(frame_channel.Channel(b).recv()["x"], big)
         sender.join()
-        monkeypatch.setattr(wire, "MAX_FRAME", 1000)
+        monkeypatch.setattr(frame_channel, "MAX_FRAME", 1000)
         with pytest.raises(ProtocolError, match="exceeds"):
-            wire.Channel(a).send(bytes(2000))
+            frame_channel.Channel(a).send(bytes(2000))
         a.sendall(struct.pack("<I", 5000))
         with pytest.raises(ProtocolError, match="limit"):
-            wire.Channel(b).recv()
+            frame_channel.Channel(b).recv()
         a.close()
         with pytest.raises(ConnectionError):
-            wire.Channel(b).recv()
+            frame_channel.Channel(b).recv()

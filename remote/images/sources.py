@@ -23,21 +23,18 @@ image with another digest raises :class:`~remote.ChecksumMismatch`.
 from __future__ import annotations
 
 import contextlib
-import glob
-import hashlib
-import json
 import os
 import re
-import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config import apptainer_executable
+from ..errors import CacheError, ChecksumMismatch, ImageNotFound, ImagePullError
 from . import cache
+from .build import build_command, recipe_key, run_apptainer
 from .download import download, normalize_sha256, published_sha256, split_checksum
-from .errors import CacheError, ChecksumMismatch, ImageBuildError, ImageNotFound, ImagePullError
 
 #: Sources that ``apptainer pull`` understands.
 PULL_PREFIXES = ("docker://", "oras://", "library://", "docker-archive:", "oci-archive:")
@@ -86,7 +83,9 @@ def resolve_image(
             "or pass an existing .sif file, an https:// URL with its sha256, or a docker:// reference"
         )
     if path.suffix == ".def" and path.is_file():
-        return _resolve_recipe(path, expected, dict(build_args or {}))
+        recipe, args = path.resolve(), dict(build_args or {})
+        source = f"build:{recipe}#{recipe_key(recipe, args)}"
+        return _produce(source, recipe.stem, expected, build_command(recipe, args))
     path = path.resolve()
     digest = None if path.is_dir() else cache.file_digest(path)
     _check(text, digest, expected)
@@ -124,30 +123,12 @@ def _resolve_url(text: str, expected: str | None) -> Image:
 
 def _resolve_pull(text: str, expected: str | None) -> Image:
     name = re.sub(r"^[a-z-]+:(//)?", "", text).rstrip("/").rpartition("/")[2]
-    from .runtime import Apptainer  # not at the top: runtime.py imports this module
-
-    argv = [Apptainer().executable, "pull", "--force"]
+    argv = [apptainer_executable(), "pull", "--force"]
     return _produce(
-        text, name, expected, lambda out: _run([*argv, str(out), text], ImagePullError, f"pulling {text}")
-    )
-
-
-def _resolve_recipe(recipe: Path, expected: str | None, build_args: dict[str, str]) -> Image:
-    recipe = recipe.resolve()
-    # lz4: builds several times faster than the default gzip and starts faster; files are larger
-    from .runtime import Apptainer  # not at the top: runtime.py imports this module
-
-    argv = [Apptainer().executable, "build", "--force", "--mksquashfs-args", "-comp lz4"]
-    if os.geteuid() != 0:
-        argv.append("--fakeroot")
-    for key, value in sorted(build_args.items()):
-        argv += ["--build-arg", f"{key}={value}"]
-    key = _recipe_key(recipe, build_args)
-    return _produce(
-        f"build:{recipe}#{key}",
-        recipe.stem,
+        text,
+        name,
         expected,
-        lambda out: _run([*argv, str(out), str(recipe)], ImageBuildError, f"building {recipe}", _build_env()),
+        lambda out: run_apptainer([*argv, str(out), text], ImagePullError, f"pulling {text}"),
     )
 
 
@@ -180,109 +161,3 @@ def _note_use(source: str, name: str, sha256: str) -> None:
     (a read-only shared cache) still serves it."""
     with contextlib.suppress(CacheError):
         cache.record(source, name, sha256)
-
-
-def _run(argv: list[str], error: type[ImageBuildError], what: str, env: dict[str, str] | None = None) -> None:
-    if sys.stderr.isatty():
-        sys.stderr.write(f"remote: {what} (this can take minutes)\n")
-    done = subprocess.run(argv, capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        output = (done.stdout + done.stderr).strip()
-        tail = "\n".join(output.splitlines()[-25:])
-        if "no space left on device" in output.lower():
-            raise CacheError(
-                f"{what}: no space left on device (the cache is at {cache.cache_dir()}, apptainer "
-                "also uses APPTAINER_TMPDIR); free space or set REMOTE_CACHE to a folder with room"
-            )
-        raise error(f"{what} failed (apptainer exit code {done.returncode})", tail)
-
-
-def _recipe_key(recipe: Path, build_args: dict[str, str]) -> str:
-    """What a build depends on: the recipe text, the build args and the files ``%files`` copies
-    (by name, size and mtime; paths are relative to the current directory, as for apptainer)."""
-    text = recipe.read_text()
-    sources: dict[str, Path] = {}
-    for line in _section(text, "files"):
-        pattern = line.split()[0]
-        for match in sorted(glob.glob(pattern)):
-            sources[match] = Path(match)
-    digest = hashlib.sha256(json.dumps([text, sorted(build_args.items())]).encode())
-    digest.update(cache.fingerprint(sources).encode())
-    return digest.hexdigest()[:16]
-
-
-def _section(text: str, name: str) -> list[str]:
-    """The non-comment lines of the recipe's ``%name`` sections (not ``%files from <stage>``)."""
-    lines, inside = [], False
-    for raw in text.splitlines():
-        line = raw.strip()
-        if line.startswith("%"):
-            inside = line.split() == [f"%{name}"]
-        elif inside and line and not line.startswith("#"):
-            lines.append(line)
-    return lines
-
-
-#: Linux capability names by number, for APPTAINER_DROP_CAPS.
-_CAPABILITIES = (
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "DAC_READ_SEARCH",
-    "FOWNER",
-    "FSETID",
-    "KILL",
-    "SETGID",
-    "SETUID",
-    "SETPCAP",
-    "LINUX_IMMUTABLE",
-    "NET_BIND_SERVICE",
-    "NET_BROADCAST",
-    "NET_ADMIN",
-    "NET_RAW",
-    "IPC_LOCK",
-    "IPC_OWNER",
-    "SYS_MODULE",
-    "SYS_RAWIO",
-    "SYS_CHROOT",
-    "SYS_PTRACE",
-    "SYS_PACCT",
-    "SYS_ADMIN",
-    "SYS_BOOT",
-    "SYS_NICE",
-    "SYS_RESOURCE",
-    "SYS_TIME",
-    "SYS_TTY_CONFIG",
-    "MKNOD",
-    "LEASE",
-    "AUDIT_WRITE",
-    "AUDIT_CONTROL",
-    "SETFCAP",
-    "MAC_OVERRIDE",
-    "MAC_ADMIN",
-    "SYSLOG",
-    "WAKE_ALARM",
-    "BLOCK_SUSPEND",
-    "AUDIT_READ",
-    "PERFMON",
-    "BPF",
-    "CHECKPOINT_RESTORE",
-)
-
-
-def _build_env() -> dict[str, str]:
-    """The environment for ``apptainer build``. As root, ``APPTAINER_DROP_CAPS`` names the
-    capabilities missing from this process's bounding set: apptainer asks for all of them for
-    ``%post`` and fails where root lacks some (containers, some VMs)."""
-    env = dict(os.environ)
-    if os.geteuid() != 0 or env.get("APPTAINER_DROP_CAPS"):
-        return env
-    try:
-        status = Path("/proc/self/status").read_text()
-    except OSError:
-        return env
-    found = re.search(r"^CapBnd:\s*([0-9a-f]+)$", status, re.MULTILINE)
-    bounding = int(found.group(1), 16) if found else -1
-    missing = [f"CAP_{n}" for i, n in enumerate(_CAPABILITIES) if not bounding >> i & 1]
-    if missing:
-        env["APPTAINER_DROP_CAPS"] = ",".join(missing)
-    return env

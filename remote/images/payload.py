@@ -21,9 +21,10 @@ import msgpack
 import Pyro5
 import serpent
 
-import remote
-
 from .cache import cache_dir, cache_error, fingerprint
+
+#: The host's ``remote`` package, copied whole into the payload.
+PACKAGE = Path(__file__).resolve().parent.parent
 
 #: Run by the image's Python: ``python3 -c BOOTSTRAP <payload dir> <run dir>``.
 BOOTSTRAP = (
@@ -35,7 +36,7 @@ BOOTSTRAP = (
 def _sources() -> dict[str, Path]:
     """Folder name in the payload → host path of the package (or module file)."""
     return {
-        "top/remote": Path(remote.__file__).parent,
+        "top/remote": PACKAGE,
         "deps/Pyro5": Path(Pyro5.__file__).parent,
         "deps/msgpack": Path(msgpack.__file__).parent,
         "deps/serpent.py": Path(serpent.__file__),

@@ -14,6 +14,7 @@ import builtins
 import time
 from datetime import timedelta
 
+from ..errors import UnknownImage
 from .cache import CachedImage, entries, forget
 
 __all__ = ["CachedImage", "list", "remove", "prune"]
@@ -29,7 +30,7 @@ def remove(ref: str) -> builtins.list[CachedImage]:
     sha256 (or a prefix of at least 8 hex digits). Returns what was removed.
 
     Raises:
-        KeyError: nothing in the cache matches ``ref``.
+        UnknownImage: nothing in the cache matches ``ref`` (a KeyError too).
     """
     chosen = [
         e
@@ -37,7 +38,7 @@ def remove(ref: str) -> builtins.list[CachedImage]:
         if ref in (e.source, e.name) or (len(ref) >= 8 and e.sha256.startswith(ref.lower()))
     ]
     if not chosen:
-        raise KeyError(f"no cached image matches {ref!r}; see remote.images.list()")
+        raise UnknownImage(f"no cached image matches {ref!r}; see remote.images.list() or `remote images ls`")
     forget(chosen)
     return chosen
 

@@ -4,7 +4,7 @@
 process, so a step costs no round trip to the host. Each finished episode is one line of
 a JSON-lines log, written to a host file bound into the container, flushed and fsynced
 before the next episode starts: if the host process dies (and the container with it),
-the log holds every finished episode. :func:`read_log` reads it back.
+the log holds every finished episode (:mod:`remote.protocol.runlog` says what is in it).
 
 The agent protocol: ``agent`` names a callable ``"module:callable"`` importable in the
 container (from the image, or a folder bound in and put on ``PYTHONPATH``). It is a
@@ -14,7 +14,7 @@ has ``observe(obs, action, reward, next_obs, terminated, truncated, info)``, tha
 called after every step (a learning agent updates there). ``env.action_space`` is seeded
 with the run's seed, so an agent that samples from it is reproducible.
 
-This module is imported by the server inside the container: stdlib, numpy and gymnasium only.
+This module runs inside the container: stdlib, numpy and gymnasium only.
 """
 
 from __future__ import annotations
@@ -25,14 +25,10 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
-
-#: Keys of every episode line of the log.
-LOG_FIELDS = ("episode", "seed", "return", "length", "wall_time", "image_sha256", "env_id")
 
 
 def load_agent(entry_point: str) -> Callable[..., Any]:
@@ -244,25 +240,3 @@ def _open_log(path: str, inode: int) -> Any:
             "the container (binds=[folder])"
         )
     return os.fdopen(fd, "a", encoding="utf-8")
-
-
-def read_log(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The episode lines of a run's log, in order. A last line cut short (a full disk, a
-    crash of the machine) is skipped; every line before it is complete, as each was fsynced
-    before the next episode began.
-
-    Raises:
-        ValueError: a line other than the last is not a JSON object (not a run log).
-    """
-    texts = Path(path).read_text(encoding="utf-8").splitlines()
-    lines = []
-    for number, text in enumerate(texts, 1):
-        try:
-            entry = json.loads(text)
-        except ValueError:
-            entry = None
-        if isinstance(entry, dict):
-            lines.append(entry)
-        elif number < len(texts):
-            raise ValueError(f"{path}:{number} is not a log line: {text[:80]!r}")
-    return lines

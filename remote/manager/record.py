@@ -17,14 +17,13 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
-
-from .cache import cache_dir
-from .errors import RecordError
+from ..config import record_file
+from ..errors import RecordError
+from ..images.cache import cache_dir
+from ..runtime.processes import Owner
 
 #: Version of the tables below; a file with another version is refused, not altered.
 SCHEMA_VERSION = 1
@@ -96,36 +95,12 @@ CREATE TABLE port_leases (
 """
 
 
-@dataclass(frozen=True)
-class Owner:
-    """A process, told apart from a later one with the same pid by its start time."""
-
-    pid: int
-    started: float
-
-    @classmethod
-    def current(cls) -> Owner:
-        return cls.of(os.getpid())
-
-    @classmethod
-    def of(cls, pid: int) -> Owner:
-        return cls(pid, psutil.Process(pid).create_time())
-
-    def alive(self) -> bool:
-        try:
-            process = psutil.Process(self.pid)
-            return abs(process.create_time() - self.started) < 0.5 and process.status() != "zombie"
-        except psutil.Error:
-            return False
-
-
 def default_path() -> Path:
     """``$REMOTE_RECORD``, else ``record.sqlite`` in the cache folder (see
     :func:`remote.cache.cache_dir`). On a cluster whose cache is on a shared filesystem, set
     ``REMOTE_RECORD`` to node-local storage: the record is per host (its owners are local
     pids, its port leases local ports) and SQLite's WAL mode does not work over NFS."""
-    path = os.environ.get("REMOTE_RECORD")
-    return Path(path) if path else cache_dir() / "record.sqlite"
+    return record_file() or cache_dir() / "record.sqlite"
 
 
 class Record:

@@ -23,16 +23,18 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from .allocator import Allocation, ResourceAllocator, parse_size
-from .client import RemoteEnvironmentClient
-from .errors import CallTimeout, ContainerDied, IllegalTransition, OutOfMemory
-from .limits import (
+from ..client import RemoteEnvironmentClient
+from ..errors import CallTimeout, ContainerDied, IllegalTransition, OutOfMemory, UnknownContainer
+from ..runner import RemoteRunner
+from ..runtime import Runtime, get_runtime
+from ..runtime.limits import (
     CGROUP,
     NONE,
     RLIMIT,
@@ -42,10 +44,10 @@ from .limits import (
     limit_address_space,
     remove_cgroups,
 )
+from ..runtime.processes import Owner
+from .allocator import Allocation, ResourceAllocator, parse_size
 from .ports import PortLease, instance_name, lease_ports, release_ports
-from .record import Owner, Record
-from .runner import RemoteRunner
-from .runtime import Runtime, get_runtime
+from .record import Record
 
 #: Exit status of ``apptainer exec`` when the kernel killed the container (128 + SIGKILL).
 KILLED_STATUS = 128 + signal.SIGKILL
@@ -129,51 +131,57 @@ class ManagedRunner(RemoteRunner):
     """A :class:`RemoteRunner` that reports to its manager: exits, sessions, OOM kills and
     paused containers (its errors say so)."""
 
-    def __init__(self, container: _Container, manager: ContainerManager, **kwargs: Any) -> None:
-        self._container = container
-        self._record = manager.record
-        self._manager = manager
+    def __init__(
+        self,
+        container: _Container,
+        record: Record,
+        exited: Callable[[ManagedRunner, int, bool], None],
+        **kwargs: Any,
+    ) -> None:
+        #: The manager's entry for this container.
+        self.container = container
+        self._record = record
+        self._exited = exited
         self._sessions: dict[RemoteEnvironmentClient, int] = {}
         self._sessions_lock = threading.Lock()
         self.cgroups: list[Path] = []  # set by the manager: removed when the container exits
         super().__init__(**kwargs)
 
-    def _on_exit(self, returncode: int) -> None:
-        super()._on_exit(returncode)
+    def on_exit(self, returncode: int) -> None:
+        super().on_exit(returncode)
         if self.cgroups:  # its processes may take a moment to leave them
             threading.Thread(target=remove_cgroups, args=(self.cgroups,), daemon=True).start()
         self._end_sessions()
-        self._manager._exited(self, returncode, closed=self._closed)
+        self._exited(self, returncode, self.closed)
 
     def death_error(self, code: int | None, what: str) -> ContainerDied:
-        reason = oom_reason(code, self._container)
+        reason = oom_reason(code, self.container)
         if reason is None:
             return super().death_error(code, what)
         return OutOfMemory(
-            f"{self._container.name} ({self.image}) was stopped during {what}: {reason}. Give it more "
+            f"{self.container.name} ({self.image}) was stopped during {what}: {reason}. Give it more "
             "memory (memory= in ContainerManager.create) or make the env use less",
             code,
-            self._log_tail,
+            self.log_tail,
         )
 
     def timeout_error(self, what: str) -> CallTimeout:
-        if self._container.state is State.PAUSED:
+        if self.container.state is State.PAUSED:
             return CallTimeout(
                 f"{what} got no answer within {self.timeout:g} s because container "
-                f"{self._container.name} is PAUSED: resume it (ContainerManager.resume) first"
+                f"{self.container.name} is PAUSED: resume it (ContainerManager.resume) first"
             )
         return super().timeout_error(what)
 
-    def _make(self, env_id: str, kwargs: dict[str, Any], owns_runner: bool) -> RemoteEnvironmentClient:
-        client = super()._make(env_id, kwargs, owns_runner)
+    def on_env_open(self, client: RemoteEnvironmentClient) -> None:
+        env_id = client.env_id
         with self._record.transaction() as db:
             cursor = db.execute(
                 "INSERT INTO sessions (container_id, env_id, image_sha256, started) VALUES (?, ?, ?, ?)",
-                (self._container.record_id, env_id, self.image_sha256, time.time()),
+                (self.container.record_id, env_id, self.image_sha256, time.time()),
             )
         with self._sessions_lock:
             self._sessions[client] = cursor.lastrowid  # type: ignore[assignment]
-        return client
 
     def run(self, agent: str, episodes: int, *, env_id: str, seed: int = 0, **options: Any) -> dict[str, Any]:
         """:meth:`RemoteRunner.run`, as a session on the record."""
@@ -181,7 +189,7 @@ class ManagedRunner(RemoteRunner):
             session = db.execute(
                 "INSERT INTO sessions (container_id, env_id, seed, image_sha256, started) "
                 "VALUES (?, ?, ?, ?, ?)",
-                (self._container.record_id, env_id, seed, self.image_sha256, time.time()),
+                (self.container.record_id, env_id, seed, self.image_sha256, time.time()),
             ).lastrowid
         summary: dict[str, Any] = {}
         try:
@@ -200,9 +208,8 @@ class ManagedRunner(RemoteRunner):
                     ),
                 )
 
-    def forget(self, client: RemoteEnvironmentClient) -> None:
+    def on_env_close(self, client: RemoteEnvironmentClient) -> None:
         self._end_session(client)
-        super().forget(client)
 
     def close(self, timeout: float = 5.0) -> None:
         self._end_sessions()
@@ -294,7 +301,7 @@ class ContainerManager:
         try:
             return self._containers[name]
         except KeyError:
-            raise KeyError(f"no container named {name!r}; create it first") from None
+            raise UnknownContainer(f"no container named {name!r}; create it first") from None
 
     def _move(self, container: _Container, to: State, reason: str | None = None, action: str = "") -> None:
         """Change state (under the lock), or raise IllegalTransition."""
@@ -409,7 +416,8 @@ class ContainerManager:
         ports = tuple(lease.port for lease in container.leases)
         runner = ManagedRunner(
             container,
-            self,
+            self.record,
+            self._exited,
             image=container.image,
             transport=container.transport,
             runtime=runtime,
@@ -538,7 +546,7 @@ class ContainerManager:
     def _exited(self, runner: ManagedRunner, returncode: int, closed: bool) -> None:
         """The watcher thread of ``runner`` saw its container exit; ``closed``: because the
         runner was closed (e.g. at interpreter exit), not by a crash."""
-        container = runner._container
+        container = runner.container
         with self._lock:
             if container.runner is not runner or container.state not in _UP:
                 return  # stopping on request, or not started through us
@@ -670,7 +678,8 @@ def stop_recorded(record: Record, target: str, *, kill: bool = False, timeout: f
     the container's manager marks it STOPPED instead of restarting it. Returns its name.
 
     Raises:
-        KeyError: no running container on the record is called (or has the pid) ``target``.
+        UnknownContainer: no running container on the record is called (or has the pid)
+            ``target`` (a KeyError too).
     """
     rows = record.query(
         "SELECT id, name, state, pid, pid_started, run_dir FROM containers WHERE lost = 0 AND "
@@ -679,11 +688,11 @@ def stop_recorded(record: Record, target: str, *, kill: bool = False, timeout: f
     )
     row = next((r for r in rows if _ours(r["pid"], r["pid_started"], r["run_dir"])), None)
     if row is None:
-        raise KeyError(f"no running container named {target!r} (or with that pid); see `remote ps`")
+        raise UnknownContainer(f"no running container named {target!r} (or with that pid); see `remote ps`")
     action = "kill" if kill else "stop"
     record.event(row["id"], STOP_REQUESTS[kill], f"{action} requested by process {os.getpid()}")
     pid = row["pid"]
-    tree, cgroups = _tree(pid), container_cgroups(_server_in(pid, row["run_dir"]) or pid)
+    tree, cgroups = process_tree(pid), container_cgroups(_server_in(pid, row["run_dir"]) or pid)
     if row["state"] == State.PAUSED.value:
         _signal_tree(pid, signal.SIGCONT)  # a frozen server cannot exit
     _signal_tree(pid, signal.SIGKILL if kill else signal.SIGTERM)
@@ -720,7 +729,7 @@ def _started(pid: int) -> float | None:
         return None
 
 
-def _tree(pid: int) -> list[psutil.Process]:
+def process_tree(pid: int) -> list[psutil.Process]:
     try:
         root = psutil.Process(pid)
         return [root, *root.children(recursive=True)]
@@ -733,7 +742,7 @@ def _signal_tree(pid: int, sig: signal.Signals) -> None:
     have started its own session)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
-    for process in _tree(pid):
+    for process in process_tree(pid):
         with contextlib.suppress(psutil.Error):
             process.send_signal(sig)
 
@@ -744,7 +753,7 @@ def _usage(container: _Container) -> tuple[float, int] | None:
     if runner is None or runner.pid is None:
         return None
     cpu, rss, seen = 0.0, 0, {}
-    for process in _tree(runner.pid):
+    for process in process_tree(runner.pid):
         known = container.sampled.get(process.pid, process)
         try:
             cpu += known.cpu_percent(None)
@@ -759,7 +768,7 @@ def _usage(container: _Container) -> tuple[float, int] | None:
 def _server_in(pid: int, run_dir: str) -> int | None:
     """Host pid of the server under container process ``pid`` whose command line names
     ``run_dir``: how we know a container is ours."""
-    for process in _tree(pid):
+    for process in process_tree(pid):
         with contextlib.suppress(psutil.Error):
             if run_dir in " ".join(process.cmdline()):
                 return process.pid
@@ -787,7 +796,7 @@ def _kill_if_ours(pid: int | None, started: float | None, run_dir: str | None) -
     if not _ours(pid, started, run_dir):
         return False
     assert pid is not None and run_dir is not None
-    tree, cgroups = _tree(pid), container_cgroups(_server_in(pid, run_dir) or pid)
+    tree, cgroups = process_tree(pid), container_cgroups(_server_in(pid, run_dir) or pid)
     _signal_tree(pid, signal.SIGKILL)
     psutil.wait_procs(tree, timeout=5)
     remove_cgroups(cgroups)

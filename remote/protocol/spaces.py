@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from .errors import ProtocolError
+from ..errors import ProtocolError
 
 
 def describe(space: spaces.Space) -> dict[str, Any]:

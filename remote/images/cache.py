@@ -28,7 +28,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import CacheError
+from ..config import cache_root
+from ..errors import CacheError
 
 #: errno values that mean "this file system will not take the write", not a bug.
 UNWRITABLE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
@@ -42,12 +43,7 @@ def cache_dir() -> Path:
     Raises:
         CacheError: the folder cannot be created.
     """
-    explicit = os.environ.get("REMOTE_CACHE")
-    if explicit:
-        path = Path(explicit).expanduser()
-    else:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        path = Path(base) / "remote"
+    path = cache_root()
     try:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:

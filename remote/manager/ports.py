@@ -2,23 +2,22 @@
 
 A lease is a row in the record, taken in one transaction after a bind proved the port
 free; it is released on stop and reclaimed when its owner process is gone. Ports come
-from ``REMOTE_PORT_RANGE`` (default 20000-32767, below Linux's ephemeral range, so a
-socket bound to port 0 elsewhere does not land on a leased port).
+from ``REMOTE_PORT_RANGE`` (see :func:`remote.config.port_range`).
 """
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import socket
 import time
 from dataclasses import dataclass
 
-from .errors import ResourceUnavailable
-from .record import Owner, Record, reclaim_dead_owners
+from ..config import port_range
+from ..errors import ResourceUnavailable
+from ..runtime.processes import Owner
+from .record import Record, reclaim_dead_owners
 
-DEFAULT_RANGE = (20000, 32767)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
@@ -28,21 +27,6 @@ def instance_name(prefix: str, worker_id: int | str) -> str:
     if not _NAME.match(name):
         raise ValueError(f"instance name {name!r}: use letters, digits, '_', '.', '-' (at most 63)")
     return name
-
-
-def port_range() -> tuple[int, int]:
-    """The ports leases come from: ``$REMOTE_PORT_RANGE`` ("LOW-HIGH") or 20000-32767."""
-    text = os.environ.get("REMOTE_PORT_RANGE")
-    if not text:
-        return DEFAULT_RANGE
-    low, _, high = text.partition("-")
-    try:
-        bounds = int(low), int(high)
-    except ValueError:
-        raise ValueError(f"REMOTE_PORT_RANGE={text!r}: expected LOW-HIGH, e.g. 20000-32767") from None
-    if not 1024 <= bounds[0] <= bounds[1] <= 65535:
-        raise ValueError(f"REMOTE_PORT_RANGE={text!r}: need 1024 <= LOW <= HIGH <= 65535")
-    return bounds
 
 
 def is_free(port: int) -> bool:

@@ -21,13 +21,16 @@ import shutil
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 
-from .allocator import Allocation
-from .errors import RuntimeNotAvailable
-from .image import Image
-from .runtime import Bind, Runtime
+from ..errors import RuntimeNotAvailable
+from ..images.sources import Image
+from .base import Bind, Runtime
+
+if TYPE_CHECKING:
+    from ..manager.allocator import Allocation
 
 CGROUP = "cgroup"
 RLIMIT = "affinity+rlimit"

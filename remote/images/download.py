@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
+from ..config import ca_bundle
+from ..errors import ChecksumMismatch, DownloadError, ImageNotFound
 from .cache import UNWRITABLE, cache_error
-from .errors import ChecksumMismatch, DownloadError, ImageNotFound
 
 CHUNK = 1 << 16  # small: a broken read loses at most this much
 #: Seconds to wait for a connection and between two reads.
@@ -163,7 +164,7 @@ def _expected_total(response: Any, have: int) -> int | None:
 
 
 def _verify() -> str | bool:
-    return os.environ.get("REMOTE_CA_BUNDLE") or True
+    return ca_bundle() or True
 
 
 class _Progress:

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import psutil
 
-from .errors import ResourceUnavailable
-from .record import Owner, Record, reclaim_dead_owners
+from ..errors import ResourceUnavailable
+from ..runtime.processes import Owner
+from .record import Record, reclaim_dead_owners
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
 

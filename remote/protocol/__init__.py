@@ -1,0 +1,13 @@
+"""What host and container say to each other, in one place; imported on both sides.
+
+Only the standard library, numpy, msgpack and gymnasium are imported here: the server in
+the container, on the image's own Python, imports this package and nothing of the host's.
+
+* :mod:`.codec`: values as msgpack, numpy arrays as raw buffers, nothing ever unpickled;
+* :mod:`.channel`: frames on a socket, the env stream for reset/step;
+* :mod:`.ops`: the protocol version, the operations, their replies and status codes, and
+  errors as plain data;
+* :mod:`.spaces`: gymnasium spaces as plain data;
+* :mod:`.rundir`: the files of a run folder (config, secret, ready) both sides read;
+* :mod:`.runlog`: the experiment log the container writes and the host reads.
+"""

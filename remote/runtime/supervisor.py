@@ -1,0 +1,133 @@
+"""The supervised server process: a lifeline, a sweeper, a watcher; the same for every runtime."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ..errors import RuntimeNotAvailable
+
+#: Run by ``sh`` with the lifeline as stdin and args (folder, process group id): when the
+#: lifeline closes, wait up to 3 s for the group to exit, kill what is left, remove the folder.
+SWEEPER = """
+cat >/dev/null
+n=0
+while kill -s 0 -- "-$2" 2>/dev/null; do
+  n=$((n + 1))
+  if [ "$n" -gt 150 ]; then kill -s KILL -- "-$2" 2>/dev/null; break; fi
+  sleep 0.02
+done
+exec rm -rf -- "$1"
+"""
+
+
+class ServerProcess:
+    """A server process under supervision.
+
+    Its stdin is the read end of a pipe whose only writer is this object (the *lifeline*):
+    closing it, or the host process dying, tells the server to exit. A tiny ``sh`` on the
+    same lifeline (the *sweeper*) then gives the process group a few seconds to exit, kills
+    what is left of it, and removes ``remove_on_exit``, which the container cannot do itself
+    (a folder bound into a container is a mount point there). Output goes to ``log_path``. A
+    watcher thread waits for the process, kills its group, calls ``cleanup()`` and then
+    ``on_exit(returncode)`` the moment it ends, however it ends.
+    """
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        log_path: Path,
+        on_exit: Callable[[int], None] | None = None,
+        remove_on_exit: Path | None = None,
+        cleanup: Callable[[], None] | None = None,
+    ) -> None:
+        self.log_path = log_path
+        self._lock = threading.RLock()  # re-entrant: see runner._on_sigterm
+        lifeline_r, self._lifeline = os.pipe()
+        try:
+            with open(log_path, "ab") as log:
+                try:
+                    self.proc = subprocess.Popen(
+                        list(argv),
+                        stdin=lifeline_r,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                        close_fds=True,
+                    )
+                except OSError as exc:
+                    os.close(self._lifeline)
+                    raise RuntimeNotAvailable(f"cannot run {argv[0]!r}: {exc}") from None
+            self._sweeper = None
+            if remove_on_exit is not None:
+                self._sweeper = subprocess.Popen(
+                    ["sh", "-c", SWEEPER, "sh", str(remove_on_exit), str(self.proc.pid)],
+                    stdin=lifeline_r,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                    close_fds=True,
+                )
+        finally:
+            os.close(lifeline_r)
+        self.pid = self.proc.pid
+        self.exited = threading.Event()
+        self._on_exit = on_exit
+        self._cleanup = cleanup
+        threading.Thread(target=self._watch, name=f"remote-watch-{self.pid}", daemon=True).start()
+
+    def _watch(self) -> None:
+        returncode = self.proc.wait()
+        self._kill_group(signal.SIGKILL)  # what the server started, if no PID namespace took it
+        if self._cleanup is not None:
+            self._cleanup()
+        self._close_lifeline()
+        if self._sweeper is not None:  # the host is alive and cleans up itself (on_exit)
+            self._sweeper.kill()
+            self._sweeper.wait()
+        try:
+            if self._on_exit is not None:
+                self._on_exit(returncode)
+        finally:
+            self.exited.set()  # after clean-up: whoever waits on it sees it done
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode if self.exited.is_set() else None
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last lines the process printed."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - 16384))
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def _kill_group(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, sig)
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """Ask the server to exit (close its stdin); kill its process group if it does not
+        within ``timeout`` seconds. Returns the exit code."""
+        self._close_lifeline()
+        if not self.exited.wait(timeout):
+            self._kill_group(signal.SIGTERM)
+            self._kill_group(signal.SIGCONT)  # a stopped (paused, SIGSTOPped) server must see it
+            if not self.exited.wait(1.0):
+                self._kill_group(signal.SIGKILL)
+                self.exited.wait(5.0)
+        return self.proc.returncode
+
+    def _close_lifeline(self) -> None:
+        with self._lock:
+            if self._lifeline >= 0:
+                os.close(self._lifeline)
+                self._lifeline = -1

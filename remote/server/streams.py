@@ -1,0 +1,98 @@
+"""The env streams: one connection per env or group, the lean path for reset and step."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import traceback
+from typing import Any
+
+from ..errors import ProtocolError
+from ..protocol.channel import Channel
+from ..protocol.ops import ERROR, OK, check_hello, error_payload
+from .control import RemoteRunnerServer
+from .envs import RemoteEnvironmentServer
+from .groups import EnvGroupServer
+
+
+class EnvStreamServer:
+    """Accepts env-stream connections and serves each on its own thread."""
+
+    def __init__(self, listener: socket.socket, runner: RemoteRunnerServer, secret: str) -> None:
+        self.listener = listener
+        self.runner = runner
+        self.secret = secret
+        self.connections: set[socket.socket] = set()
+        self.lock = threading.Lock()
+
+    def stop(self) -> None:
+        """Cut every connection before the envs are closed at shutdown: a request in flight
+        then ends in a lost connection (the client reports the container's exit), never in
+        an answer from an env already closed."""
+        with self.lock:
+            connections, self.connections = list(self.connections), set()
+        for sock in [self.listener, *connections]:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def serve_forever(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+
+    def serve(self, conn: socket.socket) -> None:
+        channel = Channel(conn)
+        with self.lock:
+            self.connections.add(conn)
+        try:
+            with conn:
+                target = self._accept(channel)
+                if target is None:
+                    return
+                recv, send, handle = channel.recv, channel.send, target.handle
+                while True:
+                    request = recv()
+                    if type(request) is list and len(request) == 2:
+                        response = handle(request[0], request[1])
+                    else:
+                        response = [ERROR, error_payload(ProtocolError("a request is [op, args]"))]
+                    try:
+                        send(response)
+                    except TypeError as exc:  # a result the codec cannot carry
+                        send([ERROR, error_payload(exc)])
+        except (ConnectionError, OSError, ProtocolError):
+            return  # client went away or spoke garbage: drop the connection
+        except Exception:  # a bug of ours: say so, keep serving the others
+            traceback.print_exc()
+        finally:
+            with self.lock:
+                self.connections.discard(conn)
+
+    def _accept(self, channel: Channel) -> RemoteEnvironmentServer | EnvGroupServer | None:
+        channel.settimeout(10.0)  # a client must say hello promptly
+        try:
+            hello = channel.recv()
+            check_hello(hello, self.secret)
+            target = self._target(hello)
+        except (ProtocolError, TimeoutError) as exc:
+            with contextlib.suppress(OSError):
+                channel.send([ERROR, error_payload(exc)])
+            return None
+        channel.settimeout(None)
+        channel.send([OK, None])
+        return target
+
+    def _target(self, hello: dict[str, Any]) -> RemoteEnvironmentServer | EnvGroupServer:
+        """The env (``"env": handle``) or group (``"envs": [handle, ...]``) a stream serves."""
+        envs = self.runner.envs
+        handles = hello.get("envs", [hello.get("env")])
+        found = [envs.get(h) if type(h) is int else None for h in handles] if type(handles) is list else []
+        if not found or None in found:
+            raise ProtocolError(f"no environment with handle {handles!r:.40}")
+        if "envs" in hello:
+            return EnvGroupServer(found)  # type: ignore[arg-type]
+        return found[0]  # type: ignore[return-value]

@@ -290,27 +290,13 @@ def _ps_rows(everything: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any
     """Containers (with live CPU % and RSS where they run) and sessions from the record."""
     import psutil
 
-    from .manager.lifecycle import process_tree
+    from .manager.processes import process_tree
     from .manager.record import Record
     from .runtime.processes import Owner
 
     record = Record()
-    where = "" if everything else "WHERE lost = 0 AND state IN ('CREATED', 'STARTING', 'RUNNING', 'PAUSED')"
-    containers = record.query(
-        "SELECT c.*, "
-        "(SELECT cpu_percent FROM usage u WHERE u.container_id = c.id ORDER BY time DESC LIMIT 1) "
-        "AS sampled_cpu, "
-        "(SELECT rss FROM usage u WHERE u.container_id = c.id ORDER BY time DESC LIMIT 1) AS sampled_rss "
-        f"FROM containers c {where} ORDER BY c.id"
-    )
-    ids = [c["id"] for c in containers]
-    sessions = record.query(
-        "SELECT s.*, c.name AS container FROM sessions s JOIN containers c ON c.id = s.container_id "
-        f"WHERE s.container_id IN ({','.join('?' * len(ids))})"
-        + ("" if everything else " AND s.ended IS NULL")
-        + " ORDER BY s.id",
-        tuple(ids),
-    )
+    containers = record.containers_with_usage(everything)
+    sessions = record.sessions_of([c["id"] for c in containers], open_only=not everything)
     record.close()
     trees: dict[int, list[psutil.Process]] = {}
     for c in containers:

@@ -69,11 +69,8 @@ class EnvActor:
         self._manager = ContainerManager(prefix="ray", max_restarts=0, sample_interval=0, runtime=runtime)
         self.container = self._manager.create(name, image, cpus=0, **options)
         self._manager.start(self.container)
-        self.record_id = self._manager.record.query(
-            "SELECT id FROM containers WHERE name = ? AND owner_pid = ? ORDER BY id DESC LIMIT 1",
-            (self.container, self._manager.owner.pid),
-        )[0]["id"]
-        self._manager.record.event(self.record_id, PLACED, f"ray node {self.node_id} on {self.hostname}")
+        self.record_id = self._manager.record.latest_container_id(self.container, self._manager.owner)
+        self._manager.record.add_event(self.record_id, PLACED, f"ray node {self.node_id} on {self.hostname}")
         self._envs = [self._manager.make(self.container, env_id, **env_kwargs) for _ in range(count)]
 
     def describe(self) -> dict[str, Any]:

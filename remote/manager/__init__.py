@@ -1,11 +1,16 @@
 """Orchestration on one host: containers with a lifecycle, their resources and the record.
 
 * :mod:`.lifecycle`: :class:`ContainerManager`, the states a container moves through;
-* :mod:`.record`: the SQLite record every process of a user on a host shares;
+* :mod:`.sessions`: the runner of a managed container, and its sessions on the record;
+* :mod:`.processes`: a container's process tree on the host (signals, usage, is it ours);
+* :mod:`.orphans`: the orphan sweep, and :func:`stop_recorded` from another process;
+* :mod:`.record`: the SQLite record every process of a user on a host shares (the only
+  module that speaks SQL);
 * :mod:`.allocator`: CPUs, memory and GPUs handed to containers, across processes;
 * :mod:`.ports`: TCP ports leased to containers, across processes.
 """
 
-from .lifecycle import ContainerManager, ContainerStatus, State, stop_recorded
+from .lifecycle import ContainerManager, ContainerStatus, State
+from .orphans import stop_recorded
 
 __all__ = ["ContainerManager", "ContainerStatus", "State", "stop_recorded"]

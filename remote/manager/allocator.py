@@ -8,14 +8,11 @@ CPU twice. Allocations of a dead process are reclaimed at the next request.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
 import shutil
-import sqlite3
 import subprocess
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +21,7 @@ import psutil
 
 from ..errors import ResourceUnavailable
 from ..runtime.processes import Owner
-from .record import Record, reclaim_dead_owners
+from .record import Record
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
 
@@ -116,21 +113,22 @@ class ResourceAllocator:
         self.memory = parse_size(memory) if memory is not None else detect_memory()
         self.gpus = tuple(str(g) for g in (gpus if gpus is not None else detect_gpus()))
 
-    def _used(self, db: sqlite3.Connection) -> tuple[dict[int, float], int, set[str]]:
+    def _used(self) -> tuple[dict[int, float], int, set[str]]:
+        """Load of each core, bytes and GPU ids allocated now (inside a transaction)."""
         core_load = {cpu: 0.0 for cpu in self.cpu_ids}
         memory = 0
         gpus: set[str] = set()
-        for row in db.execute("SELECT cpus, cpu_ids, memory, gpus FROM allocations"):
-            ids = json.loads(row[1])
+        for row in self.record.allocations():
+            ids = row["cpu_ids"]
             for cpu in ids:
                 if cpu in core_load:
-                    core_load[cpu] += row[0] / len(ids)
-            memory += row[2]
-            gpus.update(json.loads(row[3]))
+                    core_load[cpu] += row["cpus"] / len(ids)
+            memory += row["memory"]
+            gpus.update(row["gpus"])
         return core_load, memory, gpus
 
-    def _shortfall(self, db: sqlite3.Connection, cpus: float, memory: int, gpus: int) -> list[str]:
-        core_load, used_memory, used_gpus = self._used(db)
+    def _shortfall(self, cpus: float, memory: int, gpus: int) -> list[str]:
+        core_load, used_memory, used_gpus = self._used()
         free_cpus = len(self.cpu_ids) - sum(core_load.values())
         short = []
         if cpus > free_cpus + 1e-9:
@@ -145,9 +143,9 @@ class ResourceAllocator:
 
     def can_allocate(self, cpus: float = 0, memory: int | str = 0, gpus: int = 0) -> bool:
         """True if ``allocate`` with these arguments would succeed now."""
-        with self.record.transaction() as db:
-            reclaim_dead_owners(db, "allocations")
-            return not self._shortfall(db, cpus, parse_size(memory), gpus)
+        with self.record.transaction():
+            self.record.reclaim_dead_owners("allocations")
+            return not self._shortfall(cpus, parse_size(memory), gpus)
 
     def allocate(self, cpus: float = 0, memory: int | str = 0, gpus: int = 0) -> Allocation:
         """Promise ``cpus`` CPUs, ``memory`` and ``gpus`` GPUs to the caller.
@@ -159,42 +157,29 @@ class ResourceAllocator:
         if cpus < 0 or size < 0 or gpus < 0:
             raise ValueError("cpus, memory and gpus must not be negative")
         owner = Owner.current()
-        with self.record.transaction() as db:
-            reclaim_dead_owners(db, "allocations")
-            short = self._shortfall(db, cpus, size, gpus)
+        with self.record.transaction():  # one: no other process allocates in between
+            self.record.reclaim_dead_owners("allocations")
+            short = self._shortfall(cpus, size, gpus)
             if short:
                 raise ResourceUnavailable(
                     "not enough free resources: " + "; ".join(short) + ". Wait for other containers to "
                     "stop, ask for less, or see ResourceAllocator.utilisation()"
                 )
-            core_load, _, used_gpus = self._used(db)
+            core_load, _, used_gpus = self._used()
             cores = sorted(self.cpu_ids, key=lambda cpu: (core_load[cpu], cpu))[: max(1, math.ceil(cpus))]
             chosen_gpus = [g for g in self.gpus if g not in used_gpus][:gpus]
-            cursor = db.execute(
-                "INSERT INTO allocations (owner_pid, owner_started, cpus, cpu_ids, memory, gpus, created) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    owner.pid,
-                    owner.started,
-                    cpus,
-                    json.dumps(sorted(cores)),
-                    size,
-                    json.dumps(chosen_gpus),
-                    time.time(),
-                ),
-            )
-        return Allocation(cursor.lastrowid, cpus, tuple(sorted(cores)), size, tuple(chosen_gpus))  # type: ignore[arg-type]
+            allocation_id = self.record.add_allocation(owner, cpus, sorted(cores), size, chosen_gpus)
+        return Allocation(allocation_id, cpus, tuple(sorted(cores)), size, tuple(chosen_gpus))
 
     def deallocate(self, allocation: Allocation) -> None:
         """Give an allocation back. Safe to call more than once."""
-        with self.record.transaction() as db:
-            db.execute("DELETE FROM allocations WHERE id = ?", (allocation.id,))
+        self.record.remove_allocation(allocation.id)
 
     def utilisation(self) -> dict[str, float]:
         """Fraction of each resource allocated now: ``{"cpus", "memory", "gpus"}`` in [0, 1]."""
-        with self.record.transaction() as db:
-            reclaim_dead_owners(db, "allocations")
-            core_load, memory, gpus = self._used(db)
+        with self.record.transaction():
+            self.record.reclaim_dead_owners("allocations")
+            core_load, memory, gpus = self._used()
         return {
             "cpus": sum(core_load.values()) / len(self.cpu_ids) if self.cpu_ids else 0.0,
             "memory": memory / self.memory if self.memory else 0.0,

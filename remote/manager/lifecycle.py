@@ -12,26 +12,27 @@ the workers of a training job. Each container has a :class:`State` and moves onl
   ``max_restarts`` times; then its state is ERROR. Every step is an event on the record.
 * A manager starts with an orphan sweep: containers on the record whose host process is
   dead are marked lost, and the ones still running (paused ones cannot see their host die)
-  are killed, after checking by start time and command line that they are ours.
+  are killed, after checking by start time and command line that they are ours
+  (:mod:`.orphans`).
+
+Its runners are :class:`.sessions.ManagedRunner`; what it does to a container's processes
+is in :mod:`.processes`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import psutil
 
 from ..client import RemoteEnvironmentClient
-from ..errors import CallTimeout, ContainerDied, IllegalTransition, OutOfMemory, UnknownContainer
+from ..errors import ContainerDied, IllegalTransition, UnknownContainer
 from ..runner import RemoteRunner
 from ..runtime import Runtime, get_runtime
 from ..runtime.limits import (
@@ -42,12 +43,15 @@ from ..runtime.limits import (
     choose_enforcement,
     container_cgroups,
     limit_address_space,
-    remove_cgroups,
 )
 from ..runtime.processes import Owner
+from . import orphans
 from .allocator import Allocation, ResourceAllocator, parse_size
+from .orphans import STOP_REQUESTS
 from .ports import PortLease, instance_name, lease_ports, release_ports
+from .processes import server_pid, signal_tree, started_at, tree_usage
 from .record import Record
+from .sessions import ManagedRunner
 
 #: Exit status of ``apptainer exec`` when the kernel killed the container (128 + SIGKILL).
 KILLED_STATUS = 128 + signal.SIGKILL
@@ -79,8 +83,6 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     S.DELETED: frozenset(),
 }
 _UP = (S.RUNNING, S.PAUSED)
-#: Events by which another process asks a container's manager not to restart it.
-STOP_REQUESTS = ("STOP_REQUESTED", "KILL_REQUESTED")
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,10 @@ class ContainerStatus:
 
 
 @dataclass(eq=False)
-class _Container:
+class Container:
+    """A :class:`ContainerManager`'s entry for one container: what it was created with,
+    where it is, and what it holds (its runner, allocation, port leases)."""
+
     name: str
     image: str
     record_id: int
@@ -126,119 +131,20 @@ class _Container:
     usage: tuple[float, int] | None = None
     sampled: dict[int, psutil.Process] = field(default_factory=dict)
 
+    @property
+    def paused(self) -> bool:
+        return self.state is State.PAUSED
 
-class ManagedRunner(RemoteRunner):
-    """A :class:`RemoteRunner` that reports to its manager: exits, sessions, OOM kills and
-    paused containers (its errors say so)."""
+    def oom_reason(self, returncode: int | None) -> str | None:
+        """Why the container died if its memory limit killed it, else None.
 
-    def __init__(
-        self,
-        container: _Container,
-        record: Record,
-        exited: Callable[[ManagedRunner, int, bool], None],
-        **kwargs: Any,
-    ) -> None:
-        #: The manager's entry for this container.
-        self.container = container
-        self._record = record
-        self._exited = exited
-        self._sessions: dict[RemoteEnvironmentClient, int] = {}
-        self._sessions_lock = threading.Lock()
-        self.cgroups: list[Path] = []  # set by the manager: removed when the container exits
-        super().__init__(**kwargs)
-
-    def on_exit(self, returncode: int) -> None:
-        super().on_exit(returncode)
-        if self.cgroups:  # its processes may take a moment to leave them
-            threading.Thread(target=remove_cgroups, args=(self.cgroups,), daemon=True).start()
-        self._end_sessions()
-        self._exited(self, returncode, self.closed)
-
-    def death_error(self, code: int | None, what: str) -> ContainerDied:
-        reason = oom_reason(code, self.container)
-        if reason is None:
-            return super().death_error(code, what)
-        return OutOfMemory(
-            f"{self.container.name} ({self.image}) was stopped during {what}: {reason}. Give it more "
-            "memory (memory= in ContainerManager.create) or make the env use less",
-            code,
-            self.log_tail,
-        )
-
-    def timeout_error(self, what: str) -> CallTimeout:
-        if self.container.state is State.PAUSED:
-            return CallTimeout(
-                f"{what} got no answer within {self.timeout:g} s because container "
-                f"{self.container.name} is PAUSED: resume it (ContainerManager.resume) first"
-            )
-        return super().timeout_error(what)
-
-    def on_env_open(self, client: RemoteEnvironmentClient) -> None:
-        env_id = client.env_id
-        with self._record.transaction() as db:
-            cursor = db.execute(
-                "INSERT INTO sessions (container_id, env_id, image_sha256, started) VALUES (?, ?, ?, ?)",
-                (self.container.record_id, env_id, self.image_sha256, time.time()),
-            )
-        with self._sessions_lock:
-            self._sessions[client] = cursor.lastrowid  # type: ignore[assignment]
-
-    def run(self, agent: str, episodes: int, *, env_id: str, seed: int = 0, **options: Any) -> dict[str, Any]:
-        """:meth:`RemoteRunner.run`, as a session on the record."""
-        with self._record.transaction() as db:
-            session = db.execute(
-                "INSERT INTO sessions (container_id, env_id, seed, image_sha256, started) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (self.container.record_id, env_id, seed, self.image_sha256, time.time()),
-            ).lastrowid
-        summary: dict[str, Any] = {}
-        try:
-            summary = super().run(agent, episodes, env_id=env_id, seed=seed, **options)
-            return summary
-        finally:
-            with self._record.transaction() as db:
-                db.execute(
-                    "UPDATE sessions SET ended = ?, steps = ?, episodes = ?, total_return = ? WHERE id = ?",
-                    (
-                        time.time(),
-                        summary.get("steps", 0),
-                        summary.get("episodes", 0),
-                        (summary.get("mean_return") or 0.0) * summary.get("episodes", 0),
-                        session,
-                    ),
-                )
-
-    def on_env_close(self, client: RemoteEnvironmentClient) -> None:
-        self._end_session(client)
-
-    def close(self, timeout: float = 5.0) -> None:
-        self._end_sessions()
-        super().close(timeout)
-
-    def _end_sessions(self) -> None:
-        with self._sessions_lock:
-            clients = list(self._sessions)
-        for client in clients:
-            self._end_session(client)
-
-    def _end_session(self, client: RemoteEnvironmentClient) -> None:
-        with self._sessions_lock:
-            session = self._sessions.pop(client, None)
-        if session is None:
-            return
-        with self._record.transaction() as db:
-            db.execute(
-                "UPDATE sessions SET ended = ?, seed = ?, steps = ?, episodes = ?, total_return = ? "
-                "WHERE id = ?",
-                (
-                    time.time(),
-                    client.first_seed,
-                    client.steps,
-                    client.episodes,
-                    float(client.total_return),
-                    session,
-                ),
-            )
+        With cgroup limits the kernel's OOM killer sends SIGKILL inside the container and
+        ``apptainer exec`` exits with status 137.
+        """
+        memory = parse_size(self.memory)
+        if returncode == KILLED_STATUS and self.limits == CGROUP and memory:
+            return f"out of memory: killed for passing its memory limit of {memory / 2**20:.0f} MiB"
+        return None
 
 
 class ContainerManager:
@@ -284,7 +190,7 @@ class ContainerManager:
         self.max_backoff = max_backoff
         self.enforcement = choose_enforcement(limits)
         self._runtime = get_runtime(runtime)
-        self._containers: dict[str, _Container] = {}
+        self._containers: dict[str, Container] = {}
         self._lock = threading.RLock()
         self._closed = threading.Event()
         self.owner = Owner.current()
@@ -297,13 +203,13 @@ class ContainerManager:
 
     # -- states --------------------------------------------------------------------------
 
-    def _get(self, name: str) -> _Container:
+    def _get(self, name: str) -> Container:
         try:
             return self._containers[name]
         except KeyError:
             raise UnknownContainer(f"no container named {name!r}; create it first") from None
 
-    def _move(self, container: _Container, to: State, reason: str | None = None, action: str = "") -> None:
+    def _move(self, container: Container, to: State, reason: str | None = None, action: str = "") -> None:
         """Change state (under the lock), or raise IllegalTransition."""
         if to not in TRANSITIONS[container.state]:
             doing = action or f"move to {to.value}"
@@ -315,27 +221,19 @@ class ContainerManager:
         if reason is not None:
             container.reason = reason
         runner = container.runner
-        with self.record.transaction() as db:
-            db.execute(
-                "UPDATE containers SET state = ?, pid = ?, pid_started = ?, run_dir = ?, limits = ?, "
-                "restarts = ?, returncode = ?, reason = ?, updated = ? WHERE id = ?",
-                (
-                    to.value,
-                    runner.pid if runner else None,
-                    _started(runner.pid) if runner and runner.pid else None,
-                    str(runner.run_dir) if runner else None,
-                    container.limits,
-                    container.restarts,
-                    container.returncode,
-                    container.reason,
-                    time.time(),
-                    container.record_id,
-                ),
-            )
-            db.execute(
-                "INSERT INTO events (container_id, time, event, detail) VALUES (?, ?, ?, ?)",
-                (container.record_id, time.time(), to.value, reason),
-            )
+        pid = runner.pid if runner else None
+        self.record.update_container(
+            container.record_id,
+            to.value,
+            detail=reason,
+            pid=pid,
+            pid_started=started_at(pid) if pid else None,
+            run_dir=str(runner.run_dir) if runner else None,
+            limits=container.limits,
+            restarts=container.restarts,
+            returncode=container.returncode,
+            reason=container.reason,
+        )
 
     # -- commands ------------------------------------------------------------------------
 
@@ -365,17 +263,11 @@ class ContainerManager:
                 raise IllegalTransition(
                     f"container {name} exists already; delete it or use another worker id"
                 )
-            now = time.time()
-            with self.record.transaction() as db:
-                cursor = db.execute(
-                    "INSERT INTO containers (name, image, state, owner_pid, owner_started, created, updated) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (name, path, State.CREATED.value, self.owner.pid, self.owner.started, now, now),
-                )
-            self._containers[name] = _Container(
+            record_id = self.record.add_container(name, path, State.CREATED.value, self.owner)
+            self._containers[name] = Container(
                 name,
                 path,
-                cursor.lastrowid,
+                record_id,
                 cpus,
                 memory,
                 gpus,
@@ -404,7 +296,7 @@ class ContainerManager:
                 self._move(container, State.ERROR, f"start failed: {exc}")
             raise
 
-    def _launch(self, container: _Container) -> None:
+    def _launch(self, container: Container) -> None:
         """Start a runner for ``container`` (in STARTING) and move it to RUNNING."""
         if container.allocation is None:
             container.allocation = self.allocator.allocate(container.cpus, container.memory, container.gpus)
@@ -462,14 +354,14 @@ class ContainerManager:
         container = self._get(name)
         with self._lock:
             self._move(container, State.PAUSED, action="pause")
-            _signal_tree(container.runner.pid, signal.SIGSTOP)  # type: ignore[union-attr]
+            signal_tree(container.runner.pid, signal.SIGSTOP)  # type: ignore[union-attr]
 
     def resume(self, name: str) -> None:
         """Thaw a paused container; its envs continue where they were."""
         container = self._get(name)
         with self._lock:
             self._move(container, State.RUNNING, action="resume")
-            _signal_tree(container.runner.pid, signal.SIGCONT)  # type: ignore[union-attr]
+            signal_tree(container.runner.pid, signal.SIGCONT)  # type: ignore[union-attr]
 
     def stop(self, name: str, timeout: float = 10.0) -> None:
         """Stop gracefully (the server closes its envs); kill it after ``timeout`` seconds."""
@@ -487,9 +379,9 @@ class ContainerManager:
             runner, container.runner = container.runner, None
         if runner is not None:
             if action == "kill" and runner.pid is not None:
-                _signal_tree(runner.pid, signal.SIGKILL)
+                signal_tree(runner.pid, signal.SIGKILL)
             elif was_paused and runner.pid is not None:
-                _signal_tree(runner.pid, signal.SIGCONT)  # a frozen server cannot exit
+                signal_tree(runner.pid, signal.SIGCONT)  # a frozen server cannot exit
             runner.close(timeout)
         self._release(container)
         with self._lock:
@@ -559,19 +451,17 @@ class ContainerManager:
                 self._move(container, State.STOPPED, requested or "its runner was closed")
                 return
             container.runner = None
-            self._retry(container, oom_reason(returncode, container) or _describe_exit(returncode))
+            self._retry(container, container.oom_reason(returncode) or _describe_exit(returncode))
 
-    def _stop_requested(self, container: _Container) -> str | None:
-        """The request, if another process asked to stop this container (:func:`stop_recorded`)."""
-        rows = self.record.query(
-            "SELECT event, detail FROM events WHERE container_id = ? ORDER BY rowid DESC LIMIT 1",
-            (container.record_id,),
-        )
-        if rows and rows[0]["event"] in STOP_REQUESTS:
-            return rows[0]["detail"]
+    def _stop_requested(self, container: Container) -> str | None:
+        """The request, if another process asked to stop this container
+        (:func:`.orphans.stop_recorded`)."""
+        last = self.record.last_event(container.record_id)
+        if last is not None and last["event"] in STOP_REQUESTS:
+            return last["detail"]
         return None
 
-    def _retry(self, container: _Container, reason: str) -> None:
+    def _retry(self, container: Container, reason: str) -> None:
         """After a crash (under the lock): restart with backoff, or give up in ERROR."""
         if container.restarts >= self.max_restarts or self._closed.is_set():
             self._move(container, State.ERROR, f"{reason}; gave up after {container.restarts} restarts")
@@ -585,14 +475,14 @@ class ContainerManager:
         message = f"{reason}; restart {container.restarts} of {self.max_restarts} in {delay:g} s"
         if container.state is State.STARTING:  # a restart that failed: stay STARTING, try again
             container.reason = message
-            self.record.event(container.record_id, "RESTART", message)
+            self.record.add_event(container.record_id, "RESTART", message)
         else:
             self._move(container, State.STARTING, message)
         timer = threading.Timer(delay, self._restart, args=(container,))
         timer.daemon = True
         timer.start()
 
-    def _restart(self, container: _Container) -> None:
+    def _restart(self, container: Container) -> None:
         if container.state is not State.STARTING or self._closed.is_set():
             return
         try:
@@ -602,7 +492,7 @@ class ContainerManager:
                 if container.state is State.STARTING:
                     self._retry(container, f"restart failed: {exc}")
 
-    def _release(self, container: _Container) -> None:
+    def _release(self, container: Container) -> None:
         if container.leases:
             release_ports(self.record, container.leases)
             container.leases = []
@@ -618,17 +508,15 @@ class ContainerManager:
                 running = [c for c in self._containers.values() if c.state in _UP and c.runner]
             rows = []
             for container in running:
-                sample = _usage(container)
-                if sample is not None:
-                    container.usage = sample
-                    rows.append((container.record_id, time.time(), *sample))
+                runner = container.runner
+                if runner is None or runner.pid is None:
+                    continue
+                cpu, rss, container.sampled = tree_usage(runner.pid, container.sampled)
+                container.usage = (cpu, rss)
+                rows.append((container.record_id, time.time(), cpu, rss))
             if rows:
                 try:
-                    with self.record.transaction() as db:
-                        db.executemany(
-                            "INSERT INTO usage (container_id, time, cpu_percent, rss) VALUES (?, ?, ?, ?)",
-                            rows,
-                        )
+                    self.record.add_usage(rows)
                 except Exception:  # the record went away (closed at exit): stop sampling
                     return
 
@@ -637,167 +525,12 @@ class ContainerManager:
     def sweep_orphans(self) -> list[str]:
         """Mark containers of dead host processes as lost and kill those still running.
 
-        Returns the names of the containers marked lost.
+        Returns the names of the containers marked lost (see :func:`.orphans.sweep_orphans`).
         """
-        lost = []
-        with self.record.transaction() as db:
-            rows = db.execute(
-                "SELECT id, name, owner_pid, owner_started, pid, pid_started, run_dir FROM containers "
-                "WHERE lost = 0 AND state NOT IN ('STOPPED', 'ERROR', 'DELETED')"
-            ).fetchall()
-            for row in rows:
-                if Owner(row["owner_pid"], row["owner_started"]).alive():
-                    continue
-                killed = _kill_if_ours(row["pid"], row["pid_started"], row["run_dir"])
-                now = time.time()
-                reason = f"lost: host process {row['owner_pid']} died" + (
-                    "; its container was still running and was killed" if killed else ""
-                )
-                db.execute(
-                    "UPDATE containers SET state = 'STOPPED', lost = 1, reason = ?, updated = ? WHERE id = ?",
-                    (reason, now, row["id"]),
-                )
-                db.execute(
-                    "INSERT INTO events (container_id, time, event, detail) VALUES (?, ?, 'LOST', ?)",
-                    (row["id"], now, reason),
-                )
-                db.execute(
-                    "UPDATE sessions SET lost = 1, ended = ? WHERE container_id = ? AND ended IS NULL",
-                    (now, row["id"]),
-                )
-                lost.append(row["name"])
-        return lost
-
-
-def stop_recorded(record: Record, target: str, *, kill: bool = False, timeout: float = 10.0) -> str:
-    """Stop (or ``kill``) a running container on the record from any process of its user.
-
-    ``target`` is a container name or the pid of its container process. Stopping sends
-    SIGTERM (the server closes its envs and exits), then SIGKILL after ``timeout`` seconds;
-    killing sends SIGKILL to the whole tree. The request is noted on the record first, so
-    the container's manager marks it STOPPED instead of restarting it. Returns its name.
-
-    Raises:
-        UnknownContainer: no running container on the record is called (or has the pid)
-            ``target`` (a KeyError too).
-    """
-    rows = record.query(
-        "SELECT id, name, state, pid, pid_started, run_dir FROM containers WHERE lost = 0 AND "
-        "state IN ('STARTING', 'RUNNING', 'PAUSED') AND (name = ? OR pid = ?) ORDER BY id DESC",
-        (target, int(target) if target.isdigit() else -1),
-    )
-    row = next((r for r in rows if _ours(r["pid"], r["pid_started"], r["run_dir"])), None)
-    if row is None:
-        raise UnknownContainer(f"no running container named {target!r} (or with that pid); see `remote ps`")
-    action = "kill" if kill else "stop"
-    record.event(row["id"], STOP_REQUESTS[kill], f"{action} requested by process {os.getpid()}")
-    pid = row["pid"]
-    tree, cgroups = process_tree(pid), container_cgroups(_server_in(pid, row["run_dir"]) or pid)
-    if row["state"] == State.PAUSED.value:
-        _signal_tree(pid, signal.SIGCONT)  # a frozen server cannot exit
-    _signal_tree(pid, signal.SIGKILL if kill else signal.SIGTERM)
-    _, alive = psutil.wait_procs(tree, timeout=0.0 if kill else timeout)
-    if alive:
-        _signal_tree(pid, signal.SIGKILL)
-        psutil.wait_procs(alive, timeout=5)
-    remove_cgroups(cgroups)
-    return row["name"]
-
-
-def oom_reason(returncode: int | None, container: _Container) -> str | None:
-    """Why the container died if its memory limit killed it, else None.
-
-    With cgroup limits the kernel's OOM killer sends SIGKILL inside the container and
-    ``apptainer exec`` exits with status 137.
-    """
-    memory = parse_size(container.memory)
-    if returncode == KILLED_STATUS and container.limits == CGROUP and memory:
-        return f"out of memory: killed for passing its memory limit of {memory / 2**20:.0f} MiB"
-    return None
+        return orphans.sweep_orphans(self.record)
 
 
 def _describe_exit(returncode: int | None) -> str:
     if returncode is not None and returncode < 0:
         return f"crashed: killed by signal {signal.Signals(-returncode).name}"
     return f"crashed: exit code {returncode}"
-
-
-def _started(pid: int) -> float | None:
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None
-
-
-def process_tree(pid: int) -> list[psutil.Process]:
-    try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return []
-
-
-def _signal_tree(pid: int, sig: signal.Signals) -> None:
-    """Send ``sig`` to the process group led by ``pid`` and to every descendant (an env may
-    have started its own session)."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
-    for process in process_tree(pid):
-        with contextlib.suppress(psutil.Error):
-            process.send_signal(sig)
-
-
-def _usage(container: _Container) -> tuple[float, int] | None:
-    """(CPU %, RSS bytes) of the container's process tree since the last sample."""
-    runner = container.runner
-    if runner is None or runner.pid is None:
-        return None
-    cpu, rss, seen = 0.0, 0, {}
-    for process in process_tree(runner.pid):
-        known = container.sampled.get(process.pid, process)
-        try:
-            cpu += known.cpu_percent(None)
-            rss += known.memory_info().rss
-        except psutil.Error:
-            continue
-        seen[process.pid] = known
-    container.sampled = seen
-    return cpu, rss
-
-
-def _server_in(pid: int, run_dir: str) -> int | None:
-    """Host pid of the server under container process ``pid`` whose command line names
-    ``run_dir``: how we know a container is ours."""
-    for process in process_tree(pid):
-        with contextlib.suppress(psutil.Error):
-            if run_dir in " ".join(process.cmdline()):
-                return process.pid
-    return None
-
-
-def server_pid(runner: RemoteRunner) -> int:
-    """Host pid of the server process in a runner's container."""
-    found = _server_in(runner.pid, str(runner.run_dir)) if runner.pid is not None else None
-    if found is None:
-        raise ContainerDied(f"the server of {runner.image} is not running")
-    return found
-
-
-def _ours(pid: int | None, started: float | None, run_dir: str | None) -> bool:
-    """True if the container process ``pid`` is the one we recorded: same start time, and
-    its tree runs our server on ``run_dir``."""
-    if pid is None or started is None or not run_dir or not Owner(pid, started).alive():
-        return False
-    return _server_in(pid, run_dir) is not None
-
-
-def _kill_if_ours(pid: int | None, started: float | None, run_dir: str | None) -> bool:
-    """Kill the container process ``pid`` if it is the one we recorded (see :func:`_ours`)."""
-    if not _ours(pid, started, run_dir):
-        return False
-    assert pid is not None and run_dir is not None
-    tree, cgroups = process_tree(pid), container_cgroups(_server_in(pid, run_dir) or pid)
-    _signal_tree(pid, signal.SIGKILL)
-    psutil.wait_procs(tree, timeout=5)
-    remove_cgroups(cgroups)
-    return True

@@ -10,13 +10,12 @@ from __future__ import annotations
 import random
 import re
 import socket
-import time
 from dataclasses import dataclass
 
 from ..config import port_range
 from ..errors import ResourceUnavailable
 from ..runtime.processes import Owner
-from .record import Record, reclaim_dead_owners
+from .record import Record
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
@@ -55,9 +54,9 @@ def lease_ports(record: Record, name: str, count: int = 1) -> list[PortLease]:
     """
     low, high = port_range()
     owner = Owner.current()
-    with record.transaction() as db:
-        reclaim_dead_owners(db, "port_leases")
-        leased = {row[0] for row in db.execute("SELECT port FROM port_leases")}
+    with record.transaction():  # one: no other process leases in between
+        record.reclaim_dead_owners("port_leases")
+        leased = record.leased_ports()
         start = random.randint(low, high)
         found: list[int] = []
         for offset in range(high - low + 1):
@@ -71,18 +70,10 @@ def lease_ports(record: Record, name: str, count: int = 1) -> list[PortLease]:
                 f"not enough free ports: {count} wanted, {len(found)} free in {low}-{high} "
                 f"({len(leased)} leased); stop idle workers or widen REMOTE_PORT_RANGE"
             )
-        now = time.time()
-        db.executemany(
-            "INSERT INTO port_leases (port, name, owner_pid, owner_started, created) VALUES (?, ?, ?, ?, ?)",
-            [(port, name, owner.pid, owner.started, now) for port in found],
-        )
+        record.add_leases(found, name, owner)
     return [PortLease(port, name) for port in found]
 
 
 def release_ports(record: Record, leases: list[PortLease]) -> None:
     """Give leased ports back."""
-    with record.transaction() as db:
-        db.executemany(
-            "DELETE FROM port_leases WHERE port = ? AND name = ?",
-            [(lease.port, lease.name) for lease in leases],
-        )
+    record.remove_leases([(lease.port, lease.name) for lease in leases])

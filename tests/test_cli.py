@@ -352,3 +352,9 @@ def test_progress_lines_are_drawn_on_a_terminal_only():
         time.sleep(0.7)
     drawn = terminal.getvalue()
     assert drawn.count("\rremote: building a.def  ") >= 3 and drawn.endswith(" s \n")  # start, tick, end
+    counted = _Terminal()
+    with Progress("run x", total=4, unit="episodes", stream=counted) as bar:
+        bar.update(2)
+    drawn = counted.getvalue()
+    assert drawn.startswith("\rremote: run x  [") and drawn.endswith("\n")
+    assert "\rremote: run x  [############............]  2/4 episodes  50%  " in drawn  # the last state

@@ -10,7 +10,10 @@ import pytest
 from conftest import VENVS, _need
 
 import remote
-from remote.runtime import Apptainer, Docker, Podman, Process, get_runtime
+from remote.manager.allocator import Allocation
+from remote.runtime import RUNTIMES, Apptainer, Docker, Podman, Process, get_runtime, register
+from remote.runtime.base import FACTORIES
+from remote.runtime.limits import CGROUP, NONE, RLIMIT, LimitedRuntime
 
 BINDS = [("/run/dir", "/run/dir", "rw"), ("/pay", "/pay", "ro")]
 ENV = {"PYTHONUNBUFFERED": "1"}
@@ -112,3 +115,83 @@ def test_two_venvs_with_conflicting_numpy_side_by_side():
         assert obs_a.tobytes() == obs_b.tobytes()
         for _ in range(20):
             assert env_a.step(1)[0].tobytes() == env_b.step(1)[0].tobytes()
+
+
+ALLOCATION = Allocation(id=1, cpus=1.5, cpu_ids=(0, 2), memory=256 * 2**20, gpus=("1", "2"))
+BARE = Allocation(id=2, cpus=0, cpu_ids=(3,), memory=0, gpus=())
+CUDA = ["CUDA_VISIBLE_DEVICES=1,2"]
+
+
+def _limited_argv(runtime, allocation, enforcement):
+    image = "/venv/bin/python" if runtime.name == "process" else "img"
+    limited = LimitedRuntime(runtime, allocation, enforcement)
+    binds = [("/run/dir", "/run/dir", "rw")]
+    return limited.command(image, "python3", ["-c", "pass"], binds, {"A": "1"}, "n1")
+
+
+def _expected_argv(kind, allocation, enforcement):
+    """The argv the LimitedRuntime built before runtimes got their limit_flags hook (by hand)."""
+    gpus = bool(allocation.gpus)
+    prefix = ["taskset", "-c", ",".join(map(str, allocation.cpu_ids))]
+    cgroup = []
+    if enforcement == CGROUP and allocation.cpus:
+        cgroup += ["--cpus", f"{allocation.cpus:g}"]
+    if enforcement == CGROUP and allocation.memory:
+        cgroup += ["--memory", str(allocation.memory)]
+    env = ["A=1", *(CUDA if gpus else [])]
+    if kind == "process":
+        home = os.path.expanduser("~")
+        variables = [f"PATH=/venv/bin:{os.defpath.lstrip(':')}", f"HOME={home}", *env]
+        return [*prefix, "env", "-i", *variables, "/venv/bin/python", "-c", "pass"]
+    if kind in ("apptainer", "singularity"):
+        flags = [*(["--nv"] if gpus else []), *cgroup]
+        envs = [a for value in env for a in ("--env", value)]
+        tail = ["--cleanenv", "--pid", "--userns", "--bind", "/run/dir:/run/dir:rw", *envs]
+        return [*prefix, f"/x/{kind}", "exec", *flags, *tail, "img", "python3", "-c", "pass"]
+    user = (["--userns=keep-id"] if os.geteuid() != 0 else []) if kind == "podman" else []
+    if kind == "docker":
+        user = ["--user", f"{os.getuid()}:{os.getgid()}"]
+    envs = [a for value in env for a in ("-e", value)]
+    head = [f"/x/{kind}", "run", *cgroup, "--rm", "-i", "--init", "--network", "host", *user]
+    tail = ["--name", "n1", "-v", "/run/dir:/run/dir:rw", *envs, "--foo"]
+    return [*prefix, *head, *tail, "img", "python3", "-c", "pass"]
+
+
+def _bare_runtime(kind):
+    """A runtime of ``kind`` without its executable lookup or availability probe."""
+    if kind == "process":
+        return Process()
+    cls = {"apptainer": Apptainer, "singularity": Apptainer, "podman": Podman, "docker": Docker}[kind]
+    runtime = cls.__new__(cls)
+    runtime.executable = f"/x/{kind}"
+    runtime.extra_args = ["--userns"] if cls is Apptainer else ["--foo"]
+    return runtime
+
+
+@pytest.mark.parametrize("enforcement", [CGROUP, RLIMIT, NONE])
+@pytest.mark.parametrize("kind", ["apptainer", "singularity", "process", "podman", "docker"])
+@pytest.mark.parametrize("allocation", [ALLOCATION, BARE], ids=["gpus", "bare"])
+def test_limited_argv_is_the_same_for_every_runtime_and_enforcement(kind, enforcement, allocation):
+    runtime = _bare_runtime(kind)
+    assert _limited_argv(runtime, allocation, enforcement) == _expected_argv(kind, allocation, enforcement)
+
+
+def test_limited_argv_literally():
+    """Two of the cases above, written out: the flags go right after ``exec``/``run``."""
+    apptainer = _limited_argv(_bare_runtime("apptainer"), ALLOCATION, CGROUP)
+    assert apptainer[:11] == [
+        "taskset", "-c", "0,2", "/x/apptainer", "exec",
+        "--nv", "--cpus", "1.5", "--memory", "268435456", "--cleanenv",
+    ]  # fmt: skip
+    docker = _limited_argv(_bare_runtime("docker"), ALLOCATION, RLIMIT)
+    assert docker[:6] == ["taskset", "-c", "0,2", "/x/docker", "run", "--rm"] and "--nv" not in docker
+    assert docker[-7:] == ["-e", "CUDA_VISIBLE_DEVICES=1,2", "--foo", "img", "python3", "-c", "pass"]
+
+
+def test_runtimes_are_registered_by_name(monkeypatch):
+    assert set(RUNTIMES) == {"apptainer", "singularity", "process", "podman", "docker"}
+    with pytest.raises(ValueError, match="must be one of apptainer, singularity, .*process.*, not 'mine'"):
+        get_runtime("mine")
+    monkeypatch.setitem(FACTORIES, "mine", Process)  # removed again after the test
+    register("mine", Process)
+    assert isinstance(get_runtime("mine"), Process)

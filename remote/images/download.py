@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from urllib.parse import urlsplit
 
 from ..config import ca_bundle
 from ..errors import ChecksumMismatch, DownloadError, ImageNotFound
+from ..progress import Progress
 from .cache import UNWRITABLE, cache_error
 
 CHUNK = 1 << 16  # small: a broken read loses at most this much
@@ -99,9 +99,14 @@ def download(url: str, sha256: str, folder: Path, retries: int = 3) -> Path:
 
 
 def _fetch(requests: Any, url: str, out: IO[bytes], retries: int) -> str:
-    """Fill ``out`` with the body of ``url``, resuming after breaks; return its sha256."""
+    """Fill ``out`` with the body of ``url``, resuming after breaks; return its sha256. A
+    progress line is drawn on a terminal."""
+    with Progress(f"downloading {Path(urlsplit(url).path).name or url}", unit="B") as progress:
+        return _fetch_with(progress, requests, url, out, retries)
+
+
+def _fetch_with(progress: Progress, requests: Any, url: str, out: IO[bytes], retries: int) -> str:
     digest = hashlib.sha256()
-    progress = _Progress(url) if sys.stderr.isatty() else None
     last_error = ""
     for attempt in range(retries + 1):
         if attempt:
@@ -128,14 +133,12 @@ def _fetch(requests: Any, url: str, out: IO[bytes], retries: int) -> str:
                         break  # a client error will not go away on retry
                     continue
                 total = _expected_total(r, out.tell())
+                progress.update(out.tell(), total)
                 for chunk in r.iter_content(CHUNK):
                     out.write(chunk)
                     digest.update(chunk)
-                    if progress is not None:
-                        progress.show(out.tell(), total)
+                    progress.update(out.tell())
                 if total is None or out.tell() == total:
-                    if progress is not None:
-                        progress.finish(out.tell(), total)
                     return digest.hexdigest()
                 last_error = f"the transfer stopped at {out.tell()} of {total} bytes"
         except requests.exceptions.SSLError as exc:
@@ -165,26 +168,3 @@ def _expected_total(response: Any, have: int) -> int | None:
 
 def _verify() -> str | bool:
     return ca_bundle() or True
-
-
-class _Progress:
-    """A one-line progress display on stderr, redrawn at most ten times a second."""
-
-    def __init__(self, url: str) -> None:
-        self.name = Path(urlsplit(url).path).name or url
-        self.last = 0.0
-
-    def show(self, done: int, total: int | None, force: bool = False) -> None:
-        now = time.monotonic()
-        if now - self.last < 0.1 and not force:
-            return
-        self.last = now
-        mb = done / 1e6
-        text = f"{mb:.1f}/{total / 1e6:.1f} MB {100 * done // total:3d}%" if total else f"{mb:.1f} MB"
-        sys.stderr.write(f"\rremote: downloading {self.name}  {text}  ")
-        sys.stderr.flush()
-
-    def finish(self, done: int, total: int | None) -> None:
-        self.show(done, total, force=True)
-        sys.stderr.write("\n")
-        sys.stderr.flush()

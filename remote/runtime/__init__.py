@@ -4,6 +4,8 @@ A :class:`Runtime` turns "run this Python, in this image, with these folders and
 variables" into an argv; the image argument means what the runtime expects (a ``.sif``
 for Apptainer, an interpreter for :class:`Process`, an image name for Podman/Docker).
 :class:`ServerProcess` starts that argv and supervises it, the same for every runtime.
+Each runtime module registers its names (:func:`register`); :func:`get_runtime` looks
+them up. Resource limits come from each runtime's :meth:`Runtime.limit_flags`.
 
 Why a supervised ``apptainer exec`` and not ``apptainer instance start``: the server is
 one child process of the host, so its death is seen at once (a watcher thread waits on
@@ -17,8 +19,8 @@ from __future__ import annotations
 
 from ..config import runtime_name
 from .apptainer import Apptainer
-from .base import Bind, Runtime
-from .oci import Docker, Podman
+from .base import FACTORIES, Bind, Runtime, register
+from .oci import Docker, OciRuntime, Podman
 from .process import Process
 from .supervisor import ServerProcess
 
@@ -27,31 +29,26 @@ __all__ = [
     "Apptainer",
     "Bind",
     "Docker",
+    "OciRuntime",
     "Podman",
     "Process",
     "Runtime",
     "ServerProcess",
     "get_runtime",
+    "register",
 ]
 
-#: The names ``runtime=`` and ``$REMOTE_RUNTIME`` accept.
-RUNTIMES = ("apptainer", "singularity", "process", "podman", "docker")
+#: The names ``runtime=`` and ``$REMOTE_RUNTIME`` accept (those the runtime modules register).
+RUNTIMES = tuple(FACTORIES)
 
 
 def get_runtime(runtime: str | Runtime | None = None) -> Runtime:
-    """The runtime for ``runtime``: an instance, a name in :data:`RUNTIMES`, or None for
-    ``$REMOTE_RUNTIME`` (default ``"apptainer"``)."""
+    """The runtime for ``runtime``: an instance, a registered name (:data:`RUNTIMES`, or one
+    given to :func:`register`), or None for ``$REMOTE_RUNTIME`` (default ``"apptainer"``)."""
     if isinstance(runtime, Runtime):
         return runtime
     wanted = runtime or runtime_name()
-    if wanted == "apptainer":
-        return Apptainer()
-    if wanted == "singularity":
-        return Apptainer("singularity")
-    if wanted == "process":
-        return Process()
-    if wanted == "podman":
-        return Podman()
-    if wanted == "docker":
-        return Docker()
-    raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)} or a Runtime, not {wanted!r}")
+    factory = FACTORIES.get(wanted)
+    if factory is None:
+        raise ValueError(f"runtime must be one of {', '.join(FACTORIES)} or a Runtime, not {wanted!r}")
+    return factory()

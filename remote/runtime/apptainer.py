@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from ..config import apptainer_executable
-from .base import Bind, Runtime
+from .base import Bind, Runtime, cgroup_flags, register
 
 
 class Apptainer(Runtime):
@@ -32,10 +32,19 @@ class Apptainer(Runtime):
         binds: Sequence[Bind] = (),
         env: Mapping[str, str] | None = None,
         name: str = "",
+        flags: Sequence[str] = (),
     ) -> list[str]:
-        cmd = [self.executable, "exec", "--cleanenv", "--pid", *self.extra_args]
+        cmd = [self.executable, "exec", *flags, "--cleanenv", "--pid", *self.extra_args]
         for src, dest, mode in binds:
             cmd += ["--bind", f"{src}:{dest}:{mode}"]
         for key, value in (env or {}).items():
             cmd += ["--env", f"{key}={value}"]
         return [*cmd, image, python, *args]
+
+    def limit_flags(self, cpus: float, memory: int, gpus: Sequence[str], enforcement: str) -> list[str]:
+        """``--nv`` for GPUs; ``--cpus``/``--memory`` under cgroup enforcement."""
+        return [*(["--nv"] if gpus else []), *cgroup_flags(cpus, memory, enforcement)]
+
+
+register("apptainer", Apptainer)
+register("singularity", lambda: Apptainer("singularity"))

@@ -1,17 +1,17 @@
 """Putting an allocation's limits on a container, the strongest way the machine allows.
 
-* ``"cgroup"``: Apptainer's ``--cpus``/``--memory``: the kernel throttles CPU time and
-  kills the container when it passes its memory limit. Needs root, or cgroups v2 with
-  delegation to the user.
+* ``"cgroup"``: the runtime's own ``--cpus``/``--memory`` (:meth:`Runtime.limit_flags`):
+  the kernel throttles CPU time and kills the container when it passes its memory limit.
+  Needs root, or cgroups v2 with delegation to the user.
 * ``"affinity+rlimit"``: the fallback: the container runs on its CPU cores only
   (``taskset``) and the server's address space is capped (``RLIMIT_AS``, set on the running
   server process, so Apptainer's own Go runtime, which reserves much address space, is
   not; processes the env starts inherit it): allocating past the limit fails with
   ``MemoryError`` inside the env instead of killing the container.
 
-Both pin the container to the allocation's cores; GPUs are passed with ``--nv`` and
-``CUDA_VISIBLE_DEVICES``. A container killed with SIGKILL leaves its (empty) cgroups
-behind, Apptainer being killed too: :func:`remove_cgroups` removes them.
+Both pin the container to the allocation's cores; GPUs are passed with
+``CUDA_VISIBLE_DEVICES`` (and Apptainer's ``--nv``). A container killed with SIGKILL leaves
+its (empty) cgroups behind, Apptainer being killed too: :func:`remove_cgroups` removes them.
 """
 
 from __future__ import annotations
@@ -27,14 +27,22 @@ import psutil
 
 from ..errors import RuntimeNotAvailable
 from ..images.sources import Image
-from .base import Bind, Runtime
+from .base import CGROUP, NONE, RLIMIT, Bind, Runtime
 
 if TYPE_CHECKING:
     from ..manager.allocator import Allocation
 
-CGROUP = "cgroup"
-RLIMIT = "affinity+rlimit"
-NONE = "none"
+__all__ = [
+    "CGROUP",
+    "NONE",
+    "RLIMIT",
+    "LimitedRuntime",
+    "choose_enforcement",
+    "cgroup_limits_available",
+    "container_cgroups",
+    "limit_address_space",
+    "remove_cgroups",
+]
 
 
 def cgroup_limits_available() -> bool:
@@ -87,23 +95,21 @@ class LimitedRuntime(Runtime):
         binds: Sequence[Bind] = (),
         env: Mapping[str, str] | None = None,
         name: str = "",
+        flags: Sequence[str] = (),
     ) -> list[str]:
-        """The base runtime's argv, wrapped in the allocation's limits."""
+        """The base runtime's argv with its :meth:`~Runtime.limit_flags`, on the allocation's
+        cores (``taskset``) and GPUs (``CUDA_VISIBLE_DEVICES``)."""
         allocation = self.allocation
         env = dict(env or {})
         if allocation.gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(allocation.gpus)
-        cmd = self.base.command(image, python, args, binds, env, name)
-        prefix = ["taskset", "-c", ",".join(map(str, allocation.cpu_ids))]
-        if self.base.name == "process":
-            return [*prefix, *cmd]
-        flags = ["--nv"] if allocation.gpus and self.base.name == "apptainer" else []
-        if self.enforcement == CGROUP:
-            if allocation.cpus:
-                flags += ["--cpus", f"{allocation.cpus:g}"]
-            if allocation.memory:
-                flags += ["--memory", str(allocation.memory)]
-        return [*prefix, cmd[0], cmd[1], *flags, *cmd[2:]]  # after "exec" / "run"
+        limits = self.base.limit_flags(allocation.cpus, allocation.memory, allocation.gpus, self.enforcement)
+        extra = [*limits, *flags]
+        if extra:
+            cmd = self.base.command(image, python, args, binds, env, name, flags=extra)
+        else:  # a runtime without flags (process, or one of the user's) need not take any
+            cmd = self.base.command(image, python, args, binds, env, name)
+        return ["taskset", "-c", ",".join(map(str, allocation.cpu_ids)), *cmd]
 
 
 def limit_address_space(pid: int, memory: int) -> None:

@@ -10,10 +10,10 @@ from typing import ClassVar
 
 from ..errors import ChecksumMismatch, ImageNotFound, RuntimeNotAvailable
 from ..images.sources import Image
-from .base import Bind, Runtime
+from .base import Bind, Runtime, cgroup_flags, register
 
 
-class _Oci(Runtime):
+class OciRuntime(Runtime):
     """A Docker-compatible CLI; the image is an image name (``remote-test:latest``)."""
 
     program: ClassVar[str]
@@ -64,10 +64,11 @@ class _Oci(Runtime):
         binds: Sequence[Bind] = (),
         env: Mapping[str, str] | None = None,
         name: str = "",
+        flags: Sequence[str] = (),
     ) -> list[str]:
         # -i: stdin is the lifeline; --init: a PID 1 that reaps the env's children and
         # forwards signals; host network: TCP ports on 127.0.0.1 work as for a process.
-        cmd = [self.executable, "run", "--rm", "-i", "--init", "--network", "host", *self.user_args()]
+        cmd = [self.executable, "run", *flags, "--rm", "-i", "--init", "--network", "host", *self.user_args()]
         if name:
             cmd += ["--name", name]
         for src, dest, mode in binds:
@@ -76,6 +77,10 @@ class _Oci(Runtime):
             cmd += ["-e", f"{key}={value}"]
         return [*cmd, *self.extra_args, image, python, *args]
 
+    def limit_flags(self, cpus: float, memory: int, gpus: Sequence[str], enforcement: str) -> list[str]:
+        """``--cpus``/``--memory`` under cgroup enforcement; GPUs only by CUDA_VISIBLE_DEVICES."""
+        return cgroup_flags(cpus, memory, enforcement)
+
     def cleanup(self, name: str) -> None:
         # `run --rm` removes the container when the CLI sees it exit; if the CLI itself was
         # killed, the container may still run: remove it by name.
@@ -83,7 +88,7 @@ class _Oci(Runtime):
             self._run("rm", "--force", name)
 
 
-class Podman(_Oci):
+class Podman(OciRuntime):
     """Podman, rootless preferred (``--userns=keep-id``: the server runs as the host user).
 
     Args:
@@ -106,7 +111,7 @@ class Podman(_Oci):
             self._run("rm", "--force", "--ignore", "--time", "0", name)
 
 
-class Docker(_Oci):
+class Docker(OciRuntime):
     """Docker: needs a running daemon the user may talk to (``docker`` group or root);
     the server runs with ``--user uid:gid`` of the host user.
 
@@ -126,3 +131,7 @@ class Docker(_Oci):
 def _last_line(text: str) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else "no output"
+
+
+register("podman", Podman)
+register("docker", Docker)

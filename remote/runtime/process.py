@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 
 from ..errors import ImageNotFound
 from ..images.sources import Image
-from .base import Bind, Runtime
+from .base import Bind, Runtime, register
 
 
 class Process(Runtime):
@@ -42,7 +42,10 @@ class Process(Runtime):
         binds: Sequence[Bind] = (),
         env: Mapping[str, str] | None = None,
         name: str = "",
+        flags: Sequence[str] = (),
     ) -> list[str]:
+        if flags:
+            raise ValueError(f"the process runtime has no run/exec flags, not {list(flags)}")
         for src, dest, _ in binds:
             if os.path.abspath(src) != os.path.abspath(dest):
                 raise ValueError(
@@ -53,3 +56,6 @@ class Process(Runtime):
         base = {"PATH": path, "HOME": os.path.expanduser("~")}
         variables = [f"{key}={value}" for key, value in {**base, **(env or {})}.items()]
         return ["env", "-i", *variables, image, *args]
+
+
+register("process", Process)

@@ -9,10 +9,21 @@ from typing import TYPE_CHECKING, Any, SupportsFloat
 import gymnasium as gym
 from gymnasium.envs.registration import EnvSpec
 
-from .errors import InvalidAction, ProtocolError, RemoteError, remote_exception
+from .errors import InvalidAction, ProtocolError, RemoteError
 from .protocol import spaces as space_codec
 from .protocol.channel import Channel
-from .protocol.ops import OK
+from .protocol.ops import (
+    CLOSE,
+    CLOSE_REPLY_SIZE,
+    OK,
+    RENDER,
+    RENDER_REPLY_SIZE,
+    RESET,
+    RESET_REPLY_SIZE,
+    STEP,
+    STEP_REPLY_SIZE,
+    result,
+)
 
 if TYPE_CHECKING:
     from .runner import RemoteRunner
@@ -20,7 +31,8 @@ if TYPE_CHECKING:
 
 class EnvStream:
     """The stream of one env (or one group of envs) in a container: requests go out as
-    ``[op, args]``, replies come back as ``[OK, value, ...]`` or ``[ERROR, error]``.
+    ``[op, args]``, replies come back as ``[OK, value, ...]`` or ``[ERROR, error]`` (the
+    operations and their reply sizes are :mod:`remote.protocol.ops`'s).
 
     A failure maps to one of remote's errors and leaves the stream unusable (its next
     frame could be the answer to an older request): :class:`remote.CallTimeout`,
@@ -42,7 +54,8 @@ class EnvStream:
         return self._channel is not None and not self._owed
 
     def call(self, op: str, args: Any, size: int) -> list[Any]:
-        """Send one request and return its reply, a list of ``size`` items."""
+        """Send one request and return its reply, a list of ``size`` items
+        (:data:`remote.protocol.ops.REPLY_SIZE`)."""
         self.send(op, args)
         return self.receive(op, size)
 
@@ -70,11 +83,8 @@ class EnvStream:
         self._owed = False
         if type(reply) is list and len(reply) == size and reply[0] == OK:
             return reply
-        if type(reply) is list and len(reply) == 2 and type(reply[1]) is dict:
-            error = reply[1]
-            raise remote_exception(
-                str(error.get("type")), str(error.get("message")), str(error.get("traceback"))
-            )
+        with contextlib.suppress(ProtocolError):  # not a reply of the protocol: as below
+            result(reply)  # the error of an [ERROR, error] reply is raised here
         self.drop(f"{self.name}: the connection broke the protocol; create a new env")
         raise ProtocolError(f"malformed reply to {op}: {reply!r:.100}")
 
@@ -155,13 +165,13 @@ class RemoteEnvironmentClient(gym.Env):
         super().reset(seed=seed)  # keeps self.np_random consistent with a local env
         if self.first_seed is None:
             self.first_seed = seed
-        reply = self.stream.call("reset", [seed, options], 3)
+        reply = self.stream.call(RESET, [seed, options], RESET_REPLY_SIZE)
         return reply[1], reply[2]
 
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
         """Step the remote env. Returns ``(observation, reward, terminated, truncated, info)``."""
         try:
-            reply = self.stream.call("step", action, 6)
+            reply = self.stream.call(STEP, action, STEP_REPLY_SIZE)
         except TypeError as exc:  # the codec cannot carry this action
             raise InvalidAction(f"action cannot be sent: {exc}") from None
         self.steps += 1
@@ -172,14 +182,14 @@ class RemoteEnvironmentClient(gym.Env):
 
     def render(self) -> Any:
         """Render remotely; ``rgb_array`` frames come back as ``uint8`` arrays (H, W, 3)."""
-        return self.stream.call("render", None, 2)[1]
+        return self.stream.call(RENDER, None, RENDER_REPLY_SIZE)[1]
 
     def close(self) -> None:
         """Close the remote env (and its container, if :func:`remote.make` started it).
         Safe to call more than once."""
         if self.stream.open:  # not broken, nor owed the reply to an interrupted call
             with contextlib.suppress(RemoteError):  # gone or broken: nothing left to close
-                self.stream.call("close", None, 2)
+                self.stream.call(CLOSE, None, CLOSE_REPLY_SIZE)
             self.runner.forget(self)
         self.stream.drop(f"{self.env_id} is closed")
         if self._owns_runner:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import json
 import logging
 import os
 import secrets
@@ -34,11 +33,11 @@ from .errors import (
     RemoteEnvError,
     RemoteError,
     VersionMismatch,
-    remote_exception,
 )
 from .experiments import resolve as resolve_experiment
 from .images.payload import BOOTSTRAP, payload_dir
-from .protocol import codec, ops
+from .images.sources import Image
+from .protocol import codec, ops, rundir
 from .protocol.channel import Channel
 from .runtime import Runtime, ServerProcess, get_runtime
 from .runtime.processes import Owner
@@ -111,19 +110,9 @@ class RemoteRunner:
         runtime: str | Runtime | None = None,
         ports: tuple[int, int] | None = None,
     ) -> None:
-        if transport not in ("unix", "tcp"):
-            raise ValueError(f"transport must be 'unix' or 'tcp', not {transport!r}")
-        if ports is not None and (transport != "tcp" or len(ports) != 2):
-            raise ValueError("ports= takes (control, stream) and needs transport='tcp'")
-        if not timeout > 0 or not start_timeout > 0:
-            raise ValueError("timeout and start_timeout must be positive numbers of seconds")
-        if (image is None) == (experiment is None):
-            raise ValueError("give exactly one of image= and experiment=")
+        _check_arguments(image, experiment, transport, ports, timeout, start_timeout)
         self._runtime = get_runtime(runtime)
-        if experiment is not None:
-            resolved = resolve_experiment(experiment, experiments)
-        else:
-            resolved = self._runtime.resolve_image(image, sha256=sha256)  # type: ignore[arg-type]
+        resolved = self._resolve_image(image, experiment, experiments, sha256)
         self.image = resolved.path
         #: sha256 of the image file (None where the runtime has no image file).
         self.image_sha256 = resolved.sha256
@@ -140,50 +129,73 @@ class RemoteRunner:
         self._process: ServerProcess | None = None
         self.run_dir = _make_run_dir()
         self.info: dict[str, Any] = {}
-        try:
+        try:  # from here on, close() undoes whatever was done
             self._secret = secrets.token_hex(32)
-            _write_private(self.run_dir / "secret", self._secret)
-            owner = Owner.current()  # lets `remote gc` tell a stale run folder from a live one
-            config = {"transport": transport, "ports": ports, "owner": [owner.pid, owner.started]}
-            _write_private(self.run_dir / "config.json", json.dumps(config))
-            payload = str(payload_dir())
+            self._write_run_dir(ports)
             name = f"remote-{self.run_dir.name}"
-            argv = self._runtime.command(
-                self.image,
-                python,
-                ["-c", BOOTSTRAP, payload, str(self.run_dir)],
-                binds=[
-                    (str(self.run_dir), str(self.run_dir), "rw"),
-                    (payload, payload, "ro"),
-                    *self.binds,
-                ],
-                env={"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", **(env or {})},
-                name=name,
-            )
-            self._log_path = Path(tempfile.mkstemp(prefix="remote-", suffix=".log")[1])
-            with _live_lock:
-                _live.add(self)
-            _install_sigterm_handler()
-            self._process = ServerProcess(
-                argv,
-                self._log_path,
-                on_exit=self.on_exit,
-                remove_on_exit=self.run_dir,
-                cleanup=lambda: self._runtime.cleanup(name),
-            )
-            ready = self._wait_ready(start_timeout)
-            self._connect(ready)
+            self._start(self._command(python, env, name), name)
+            self._connect(self._wait_ready(start_timeout))
         except BaseException:
             self.close()
             raise
 
     # -- start -------------------------------------------------------------------------------
 
+    def _resolve_image(
+        self,
+        image: str | os.PathLike[str] | None,
+        experiment: str | None,
+        experiments: str | os.PathLike[str] | None,
+        sha256: str | None,
+    ) -> Image:
+        """The image to run: an experiment's pinned image, or ``image`` as the runtime takes it."""
+        if experiment is not None:
+            return resolve_experiment(experiment, experiments)
+        assert image is not None  # _check_arguments: exactly one of them
+        return self._runtime.resolve_image(image, sha256=sha256)
+
+    def _write_run_dir(self, ports: tuple[int, int] | None) -> None:
+        """The secret and the config for the server, owner-only; the owner lets ``remote gc``
+        tell a stale run folder from a live one."""
+        rundir.write_secret(self.run_dir, self._secret)
+        owner = Owner.current()
+        rundir.write_config(self.run_dir, self.transport, ports, (owner.pid, owner.started))
+
+    def _command(self, python: str, env: Mapping[str, str] | None, name: str) -> list[str]:
+        """The runtime's argv that runs the server of the payload on the run folder."""
+        payload = str(payload_dir())
+        return self._runtime.command(
+            self.image,
+            python,
+            ["-c", BOOTSTRAP, payload, str(self.run_dir)],
+            binds=[
+                (str(self.run_dir), str(self.run_dir), "rw"),
+                (payload, payload, "ro"),
+                *self.binds,
+            ],
+            env={"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", **(env or {})},
+            name=name,
+        )
+
+    def _start(self, argv: list[str], name: str) -> None:
+        """Start the supervised server process; from now on close() and SIGTERM stop it."""
+        self._log_path = Path(tempfile.mkstemp(prefix="remote-", suffix=".log")[1])
+        with _live_lock:
+            _live.add(self)
+        _install_sigterm_handler()
+        self._process = ServerProcess(
+            argv,
+            self._log_path,
+            on_exit=self.on_exit,
+            remove_on_exit=self.run_dir,
+            cleanup=lambda: self._runtime.cleanup(name),
+        )
+
     def _wait_ready(self, start_timeout: float) -> dict[str, Any]:
+        """Where the server serves, once it says so in the run folder (``ready.json``)."""
         assert self._process is not None
-        ready_file = self.run_dir / "ready.json"
         deadline = time.monotonic() + start_timeout
-        while not ready_file.exists():
+        while (ready := rundir.read_ready(self.run_dir)) is None:
             if self._process.exited.wait(0.005):
                 raise ContainerStartError(
                     f"the server in {self.image} exited during start-up with code "
@@ -197,7 +209,7 @@ class RemoteRunner:
                     "(raise start_timeout= for slow file systems)",
                     self._process.log_tail(),
                 )
-        return json.loads(ready_file.read_text())
+        return ready
 
     def _address(self, ready: dict[str, Any], key: str) -> tuple[int, Any]:
         if self.transport == "unix":
@@ -210,12 +222,8 @@ class RemoteRunner:
             uri = f"PYRO:runner@./u:{ready['control']}"
         else:
             uri = f"PYRO:runner@127.0.0.1:{int(ready['control'])}"
-        proxy = Pyro5.api.Proxy(uri)
-        proxy._pyroSerializer = "msgpack"
-        proxy._pyroTimeout = self.timeout
-        proxy._pyroHandshake = {"protocol": ops.PROTOCOL_VERSION, "secret": self._secret}
-        self._proxy = proxy
-        self.info = self._control("info")  # the readiness probe: a real request, answered
+        self._proxy = _control_proxy(uri, self.timeout, ops.hello(self._secret))
+        self.info = self._control(ops.INFO)  # the readiness probe: a real request, answered
         log.info(
             "container up: image %s sha256 %s; inside: remote %s, gymnasium %s, numpy %s, python %s",
             self.image,
@@ -226,10 +234,12 @@ class RemoteRunner:
     # -- control calls (Pyro5) ---------------------------------------------------------------
 
     def _control(self, method: str, *args: Any, base: type[RemoteEnvError] = RemoteEnvError) -> Any:
+        """Call ``method`` (one of :data:`remote.protocol.ops.CONTROL_METHODS`) and return its
+        result; an error in the container is raised as a ``base``."""
         with self._lock:
             if self._closed or self._proxy is None:
                 raise RemoteError(f"the runner for {self.image} is closed")
-            self._proxy._pyroClaimOwnership()  # a proxy is tied to a thread; runners are not
+            _claim(self._proxy)  # a proxy is tied to a thread; runners are not
             try:
                 reply = getattr(self._proxy, method)(*args)
             except Pyro5.errors.TimeoutError:
@@ -239,15 +249,14 @@ class RemoteRunner:
             except Pyro5.errors.PyroError as exc:
                 raise ProtocolError(f"{method}: {type(exc).__name__}: {exc}") from None
         try:
-            status, payload = codec.loads(reply)
-        except (TypeError, ValueError):
-            raise ProtocolError(f"malformed reply to {method}") from None
-        if status == 0:
-            return payload
-        raise remote_exception(payload["type"], payload["message"], payload["traceback"], base)
+            return ops.result(codec.loads(reply), base)
+        except ProtocolError as exc:  # malformed (an error of the container's is a ``base``)
+            raise ProtocolError(f"{method}: {exc}") from None
 
     def _refused_or_lost(self, exc: Exception, what: str) -> RemoteError:
-        text = str(exc)
+        """VersionMismatch or AuthenticationError if the server refused us, else
+        :meth:`connection_lost`."""
+        text = exc.remote_message if isinstance(exc, RemoteEnvError) else str(exc)
         if "protocol version mismatch" in text:
             return VersionMismatch(f"{text}; use the same version of remote on both sides")
         if "authentication failed" in text:
@@ -338,7 +347,7 @@ class RemoteRunner:
     def _create(self, env_id: str, encoded_kwargs: bytes) -> dict[str, Any]:
         """Create an env in the container: ``{"handle": int, "description": dict}``."""
         try:
-            return self._control("make", env_id, encoded_kwargs)
+            return self._control(ops.MAKE, env_id, encoded_kwargs)
         except EnvCreationError as exc:
             raise EnvCreationError(
                 f"{exc.remote_message.rstrip('.')}. Check the env id and kwargs, and that the image has "
@@ -354,21 +363,23 @@ class RemoteRunner:
         sock = socket.socket(family, socket.SOCK_STREAM)
         channel = Channel(sock)
         try:
-            sock.settimeout(self.timeout)
-            sock.connect(address)
-            if family == socket.AF_INET:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            channel.settimeout(self.timeout)
-            channel.send({"protocol": ops.PROTOCOL_VERSION, "secret": self._secret, **target})
-            status, payload = channel.recv()
-        except OSError as exc:
+            try:
+                sock.settimeout(self.timeout)
+                sock.connect(address)
+                if family == socket.AF_INET:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                channel.settimeout(self.timeout)
+                channel.send(ops.hello(self._secret, **target))
+                reply = channel.recv()
+            except OSError as exc:
+                raise self.connection_lost(exc, "opening an env stream") from None
+            try:
+                ops.result(reply)
+            except RemoteEnvError as exc:  # the server refused the hello
+                raise self._refused_or_lost(exc, "opening an env stream") from None
+        except BaseException:
             sock.close()
-            raise self.connection_lost(exc, "opening an env stream") from None
-        if status != 0:
-            sock.close()
-            raise remote_exception(
-                payload["type"], payload["message"], payload["traceback"], base=ProtocolError
-            )  # type: ignore[arg-type]
+            raise
         return EnvStream(self, channel, name)
 
     # -- experiments -------------------------------------------------------------------------
@@ -429,12 +440,12 @@ class RemoteRunner:
         }
 
         def call(request: dict[str, Any]) -> Any:
-            return self._control("experiment", codec.dumps(request), base=ExperimentError)
+            return self._control(ops.EXPERIMENT, codec.dumps(request), base=ExperimentError)
 
-        number = call({"op": "start", "spec": spec})
+        number = call({"op": ops.EXPERIMENT_START, "spec": spec})
         try:
             while True:
-                status = call({"op": "poll", "id": number, "wait": min(0.5, self.timeout / 4)})
+                status = call({"op": ops.EXPERIMENT_POLL, "id": number, "wait": min(0.5, self.timeout / 4)})
                 if progress is not None:
                     progress(status["episodes"], episodes)
                 if status["done"]:
@@ -442,7 +453,7 @@ class RemoteRunner:
         except BaseException:
             if self.alive:
                 with contextlib.suppress(RemoteError):
-                    call({"op": "cancel", "id": number})
+                    call({"op": ops.EXPERIMENT_CANCEL, "id": number})
             raise
 
     def _container_path(self, path: Path) -> str:
@@ -459,7 +470,7 @@ class RemoteRunner:
             self._clients.discard(client)
         if not self._closed and self._process is not None and not self._process.exited.is_set():
             with contextlib.suppress(RemoteError):
-                self._control("close_env", client.handle)
+                self._control(ops.CLOSE_ENV, client.handle)
 
     # -- end ---------------------------------------------------------------------------------
 
@@ -472,8 +483,8 @@ class RemoteRunner:
             self._closed = True
             clients, self._clients = list(self._clients), set()
             if self._proxy is not None:
-                self._proxy._pyroClaimOwnership()
-                self._proxy._pyroRelease()
+                _claim(self._proxy)
+                self._proxy._pyroRelease()  # noqa: SLF001 (Pyro5's public proxy API)
         for client in clients:
             client.stream.drop(f"{client.env_id}: its runner was closed")
         if self._process is not None:
@@ -555,9 +566,46 @@ def _encode_kwargs(env_id: str, kwargs: Mapping[str, Any]) -> bytes:
         raise TypeError(f"env kwargs for {env_id!r} cannot be sent: {exc}") from None
 
 
+def _check_arguments(
+    image: str | os.PathLike[str] | None,
+    experiment: str | None,
+    transport: str,
+    ports: tuple[int, int] | None,
+    timeout: float,
+    start_timeout: float,
+) -> None:
+    """Refuse bad arguments of :class:`RemoteRunner` before anything starts."""
+    if transport not in ("unix", "tcp"):
+        raise ValueError(f"transport must be 'unix' or 'tcp', not {transport!r}")
+    if ports is not None and (transport != "tcp" or len(ports) != 2):
+        raise ValueError("ports= takes (control, stream) and needs transport='tcp'")
+    if not timeout > 0 or not start_timeout > 0:
+        raise ValueError("timeout and start_timeout must be positive numbers of seconds")
+    if (image is None) == (experiment is None):
+        raise ValueError("give exactly one of image= and experiment=")
+
+
+# Pyro5's proxy settings and calls are its ``_pyro*`` attributes: its public API.
+
+
+def _control_proxy(uri: str, timeout: float, hello: dict[str, Any]) -> Pyro5.api.Proxy:
+    """A Pyro5 proxy of the control object: msgpack, ``timeout`` on every call, ``hello``
+    as its handshake."""
+    proxy = Pyro5.api.Proxy(uri)
+    proxy._pyroSerializer = "msgpack"  # noqa: SLF001
+    proxy._pyroTimeout = timeout  # noqa: SLF001
+    proxy._pyroHandshake = hello  # noqa: SLF001
+    return proxy
+
+
+def _claim(proxy: Pyro5.api.Proxy) -> None:
+    """Let this thread use ``proxy`` (a Pyro5 proxy belongs to the thread that last claimed it)."""
+    proxy._pyroClaimOwnership()  # noqa: SLF001
+
+
 def _run_dir_bases() -> list[str]:
     """Where run folders may go: existing folders with paths short enough for unix sockets."""
-    longest = "/control"
+    longest = "/" + max(rundir.SOCKETS, key=len)
     candidates = [os.environ.get("XDG_RUNTIME_DIR"), os.environ.get("TMPDIR"), "/tmp"]
     return [
         base
@@ -586,18 +634,11 @@ def stale_run_dirs() -> list[Path]:
             try:
                 if path.stat().st_uid != os.getuid():
                     continue
-                pid, started = json.loads((path / "config.json").read_text())["owner"]
-                if not Owner(int(pid), float(started)).alive():
+                if not Owner(*rundir.read_owner(path)).alive():
                     stale.append(path)
-            except (OSError, ValueError, KeyError, TypeError):
+            except (OSError, ValueError):
                 continue
     return stale
-
-
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
 
 
 def _parse_bind(spec: str) -> tuple[str, str, str]:

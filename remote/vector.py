@@ -25,6 +25,7 @@ from gymnasium.vector.utils import batch_space, concatenate, create_empty_array,
 from .client import EnvStream, spec_from
 from .errors import InvalidAction, ProtocolError, RemoteError
 from .protocol import spaces as space_codec
+from .protocol.ops import CLOSE, CLOSE_REPLY_SIZE, RESET, RESET_REPLY_SIZE, STEP, STEP_REPLY_SIZE
 from .runner import DEFAULT_TIMEOUT, RemoteRunner
 from .seeding import seeds_for
 
@@ -100,10 +101,10 @@ class RemoteVectorEnv(VectorEnv):
         seeds = seeds_for(seed, self.num_envs)
         if options is not None and "reset_mask" in options:
             raise ValueError("options['reset_mask'] is not supported by remote vector envs")
-        replies = self._on_all("reset", [[seeds[a:b], options] for a, b in self._slices], 3)
+        replies = self._on_all(RESET, [[seeds[a:b], options] for a, b in self._slices], RESET_REPLY_SIZE)
         observations, infos = [], {}
         for (a, b), reply in zip(self._slices, replies, strict=True):
-            self._check_lists(reply, b - a, "reset")
+            self._check_lists(reply, b - a, RESET)
             observations.append(reply[1])
             for i, info in enumerate(reply[2], start=a):
                 infos = self._add_info(infos, info, i)
@@ -117,10 +118,10 @@ class RemoteVectorEnv(VectorEnv):
             each: Any = actions  # the server splits rows as gymnasium's iterate does
         else:
             each = list(iterate(self.action_space, actions))
-        replies = self._on_all("step", [each[a:b] for a, b in self._slices], 6)
+        replies = self._on_all(STEP, [each[a:b] for a, b in self._slices], STEP_REPLY_SIZE)
         observations, infos = [], {}
         for (a, b), reply in zip(self._slices, replies, strict=True):
-            self._check_lists(reply, b - a, "step")
+            self._check_lists(reply, b - a, STEP)
             for column in (2, 3, 4):
                 value = reply[column]
                 if type(value) is not np.ndarray or value.shape != (b - a,):
@@ -134,8 +135,8 @@ class RemoteVectorEnv(VectorEnv):
         return self._batch(observations), rewards, terminations, truncations, infos
 
     def _on_all(self, op: str, args: list[Any], size: int) -> list[list[Any]]:
-        """Send ``op`` to every container, then read every reply. Every stream is read even
-        when one fails, so all stay in step; the first error is raised after."""
+        """Send ``op`` to every container, then read every reply (``size`` items each). Every
+        stream is read even when one fails, so all stay in step; the first error is raised after."""
         error: BaseException | None = None
         sent = 0
         try:
@@ -180,7 +181,7 @@ class RemoteVectorEnv(VectorEnv):
         for stream in self._streams:
             if stream.open:
                 with contextlib.suppress(RemoteError):
-                    stream.call("close", None, 2)
+                    stream.call(CLOSE, None, CLOSE_REPLY_SIZE)
                 stream.drop("the vector env is closed")
         if self._runners:
             with ThreadPoolExecutor(max_workers=len(self._runners)) as pool:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import socket
+
 import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
 import remote
+from remote.protocol import ops
+from remote.protocol.channel import Channel
 from remote.protocol.ops import PROTOCOL_VERSION
 
 
@@ -204,3 +208,40 @@ def test_make_one_liner_with_the_users_own_env_package(image, test_env_options):
         assert obs["pos"].shape == (4,)
     finally:
         env.close()
+
+
+def _raw_stream(runner: remote.RemoteRunner, **target) -> Channel:
+    """An env stream of ``runner``'s container, past the hello, without the client."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(30)
+    sock.connect(runner._ready["stream"])
+    channel = Channel(sock)
+    channel.send(ops.hello(runner._secret, **target))
+    assert channel.recv() == [ops.OK, None]
+    return channel
+
+
+def test_every_reply_has_the_size_in_the_ops_table(image, test_env_options):
+    """ops.REPLY_SIZE is what a real server answers, for one env and for a group of envs; a
+    group serves ops.GROUP_OPS and refuses the others."""
+    with remote.RemoteRunner(image, **test_env_options) as runner:
+        envs = [runner.make("testenvs:DictTupleEnv", render_mode="rgb_array") for _ in range(3)]
+        action = envs[0].action_space.sample()
+        cases = [
+            ({"env": envs[0].handle}, set(ops.REPLY_SIZE), [[0, None], action]),
+            ({"envs": [envs[1].handle, envs[2].handle]}, ops.GROUP_OPS, [[[0, 1], None], [action, action]]),
+        ]
+        for target, served, (reset_args, step_args) in cases:
+            requests = {ops.RESET: reset_args, ops.STEP: step_args, ops.RENDER: None, ops.CLOSE: None}
+            assert set(requests) == set(ops.REPLY_SIZE)  # every op of the table, close last
+            channel = _raw_stream(runner, **target)
+            try:
+                for op, args in requests.items():
+                    channel.send([op, args])
+                    reply = channel.recv()
+                    if op in served:
+                        assert reply[0] == ops.OK and len(reply) == ops.REPLY_SIZE[op], (target, op, reply)
+                    else:
+                        assert reply[0] == ops.ERROR and "unknown operation" in reply[1]["message"]
+            finally:
+                channel.close()

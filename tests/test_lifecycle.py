@@ -19,7 +19,8 @@ import pytest
 from helpers import alive, apptainer_instances, children, container_exists, server_pid, wait_gone
 
 import remote
-from remote.protocol import ops
+from remote.errors import ProtocolError
+from remote.protocol import ops, rundir
 from remote.protocol.channel import Channel
 from remote.protocol.ops import PROTOCOL_VERSION
 
@@ -172,6 +173,30 @@ def test_unix_sockets_are_owner_only(image):
             mode = (runner.run_dir / name).stat().st_mode
             assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600, name
         assert stat.S_IMODE((runner.run_dir / "secret").stat().st_mode) == 0o600
+
+
+def test_the_run_folder_files(tmp_path):
+    """What the host writes (owner-only, never over a file) and the server reads, and back."""
+    rundir.write_secret(tmp_path, "s3cret")
+    rundir.write_config(tmp_path, "tcp", (5000, 5001), (123, 4.5))
+    for name in (rundir.SECRET, rundir.CONFIG):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
+    with pytest.raises(FileExistsError):
+        rundir.write_secret(tmp_path, "another")
+    assert rundir.read_secret(tmp_path) == "s3cret"
+    assert rundir.read_config(tmp_path) == {"transport": "tcp", "ports": [5000, 5001], "owner": [123, 4.5]}
+    assert rundir.read_owner(tmp_path) == (123, 4.5)
+    assert rundir.read_ready(tmp_path) is None
+    rundir.write_ready(tmp_path, 7, "/run/control", 5001)
+    ready = {"pid": 7, "control": "/run/control", "stream": 5001, "protocol": PROTOCOL_VERSION}
+    assert rundir.read_ready(tmp_path) == ready
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([rundir.SECRET, rundir.CONFIG, rundir.READY])
+    (tmp_path / rundir.READY).write_text("{")
+    with pytest.raises(ProtocolError):
+        rundir.read_ready(tmp_path)
+    (tmp_path / rundir.CONFIG).write_text('{"transport": "unix"}')
+    with pytest.raises(ValueError):
+        rundir.read_owner(tmp_path)
 
 
 def test_long_tmpdir_keeps_socket_paths_short(image, monkeypatch, tmp_path):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import remote
+from remote.protocol import ops
 from remote.vector import RemoteVectorEnv
 
 
@@ -101,7 +102,7 @@ def test_errors_keep_every_stream_in_step(image, test_env_options):
     finally:
         envs.close()
     with pytest.raises(remote.RemoteError):
-        envs._streams[0].call("step", [0, 0], 6)
+        envs._streams[0].call(ops.STEP, [0, 0], ops.STEP_REPLY_SIZE)
 
 
 def test_close_is_idempotent_and_repr(image):

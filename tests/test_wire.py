@@ -1,4 +1,4 @@
-"""The wire codec and frames (no container needed)."""
+"""The wire codec and frames, and the protocol's tables, handshake and errors (no container needed)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,18 @@ import socket
 import struct
 import threading
 
+import gymnasium as gym
 import msgpack
 import numpy as np
 import pytest
 
-from remote.errors import ProtocolError
+from remote.client import EnvStream
+from remote.errors import ExperimentError, ProtocolError, RemoteEnvError
 from remote.protocol import channel as frame_channel
-from remote.protocol import codec
+from remote.protocol import codec, ops
+from remote.server.control import RemoteRunnerServer
+from remote.server.envs import RemoteEnvironmentServer
+from remote.server.groups import EnvGroupServer
 
 DTYPES = [
     "bool",
@@ -109,3 +114,70 @@ def test_frames_over_a_socket_and_the_size_limit(monkeypatch):
         a.close()
         with pytest.raises(ConnectionError):
             frame_channel.Channel(b).recv()
+
+
+def test_the_servers_serve_the_operations_of_the_table():
+    single = RemoteEnvironmentServer(gym.make("CartPole-v1"))
+    assert set(single.ops) == set(ops.REPLY_SIZE)
+    assert set(EnvGroupServer([single]).ops) == ops.GROUP_OPS <= set(ops.REPLY_SIZE)
+    for method in ops.CONTROL_METHODS:
+        assert callable(getattr(RemoteRunnerServer, method, None)), method
+
+
+def test_the_hello_is_what_check_hello_admits_and_its_bytes_stay():
+    secret = "ab" * 32
+    ops.check_hello(ops.hello(secret), secret)
+    ops.check_hello(ops.hello(secret, envs=[1, 2]), secret)
+    assert codec.dumps(ops.hello(secret, env=3)) == codec.dumps({"protocol": 2, "secret": secret, "env": 3})
+    with pytest.raises(ProtocolError, match="authentication"):
+        ops.check_hello(ops.hello("cd" * 32, env=3), secret)
+
+
+def test_an_error_comes_back_as_its_local_exception():
+    try:
+        raise KeyError("missing")
+    except KeyError as exc:
+        reply = codec.loads(codec.dumps(ops.error_reply(exc)))
+    assert reply[0] == ops.ERROR == 1 and ops.OK == 0
+    error = ops.remote_error(reply[1], base=ExperimentError)
+    assert isinstance(error, ExperimentError) and isinstance(error, KeyError)
+    assert error.remote_type == "builtins.KeyError" and "raise KeyError" in error.remote_traceback
+    with pytest.raises(RemoteEnvError, match="missing"):
+        ops.result(reply)
+    assert ops.result([ops.OK, {"handle": 1}]) == {"handle": 1}
+
+
+MALFORMED_ERRORS = [
+    None,
+    "boom",
+    [],
+    {},
+    {"type": "builtins.ValueError", "message": "no traceback"},
+    {"type": 1, "message": "m", "traceback": ""},
+]
+
+
+@pytest.mark.parametrize("payload", MALFORMED_ERRORS)
+def test_a_malformed_error_is_a_protocol_error(payload):
+    with pytest.raises(ProtocolError, match="malformed"):
+        ops.remote_error(payload)
+    with pytest.raises(ProtocolError, match="malformed"):
+        ops.result([ops.ERROR, payload])
+
+
+@pytest.mark.parametrize("reply", [[2, None], [ops.OK], [ops.OK, 1, 2], (ops.OK, 1), "ok", None])
+def test_a_malformed_reply_is_a_protocol_error(reply):
+    with pytest.raises(ProtocolError, match="malformed"):
+        ops.result(reply)
+
+
+@pytest.mark.parametrize("payload", MALFORMED_ERRORS)
+def test_an_env_stream_given_a_malformed_error_says_so_and_drops(payload):
+    a, b = socket.socketpair()
+    with a, b:
+        stream = EnvStream(None, frame_channel.Channel(a), "env")  # type: ignore[arg-type]
+        stream.send(ops.STEP, 0)
+        frame_channel.Channel(b).send([ops.ERROR, payload])
+        with pytest.raises(ProtocolError, match="malformed reply to step"):
+            stream.receive(ops.STEP, ops.STEP_REPLY_SIZE)
+        assert not stream.open

@@ -5,8 +5,8 @@ the container, on the image's own Python, imports this package and nothing of th
 
 * :mod:`.codec`: values as msgpack, numpy arrays as raw buffers, nothing ever unpickled;
 * :mod:`.channel`: frames on a socket, the env stream for reset/step;
-* :mod:`.ops`: the protocol version, the operations, their replies and status codes, and
-  errors as plain data;
+* :mod:`.ops`: the protocol itself: its version, the hello, every request and its reply
+  (with their sizes and status codes), errors as plain data and back;
 * :mod:`.spaces`: gymnasium spaces as plain data;
 * :mod:`.rundir`: the files of a run folder (config, secret, ready) both sides read;
 * :mod:`.runlog`: the experiment log the container writes and the host reads.

@@ -1,4 +1,46 @@
-"""The protocol version, the status of every reply, errors as plain data, the handshake."""
+"""The protocol host and container speak, all of it: version, handshake, requests, replies, errors.
+
+Values are :mod:`.codec`'s (msgpack); ``error`` below is :func:`error_payload`'s map
+``{"type": "module.QualName", "message": str, "traceback": str}``, turned back into the
+local exception by :func:`remote_error`. The files of the run folder are :mod:`.rundir`'s.
+
+**Env stream** (frames of :mod:`.channel`, one connection per env or group of envs). The
+client's first frame is its :func:`hello`, naming what the stream serves: one env
+``{"protocol": 2, "secret": str, "env": handle}`` or a group ``{..., "envs": [handle, ...]}``;
+the server answers ``[OK, None]``, or ``[ERROR, error]`` and closes the connection. Then
+each request is ``[op, args]``, answered by one frame (:data:`REPLY_SIZE` items if OK):
+
+=================================  ===========================================================
+request                            reply
+=================================  ===========================================================
+``[STEP, action]``                 ``[OK, obs, reward, terminated, truncated, info]``
+``[RESET, [seed, options]]``       ``[OK, obs, info]``
+``[RENDER, None]``                 ``[OK, frame]``
+``[CLOSE, None]``                  ``[OK, None]``
+=================================  ===========================================================
+
+A group (:data:`GROUP_OPS`: all but ``render``) takes and gives one item per env, in order:
+``[STEP, [action, ...]]`` (or an array whose rows are the actions) → ``[OK, observations,
+rewards float64, terminations bool, truncations bool, [info, ...]]``; ``[RESET, [[seed, ...],
+options]]`` → ``[OK, observations, [info, ...]]``; ``observations`` is one array stacking
+them all when they are arrays of one dtype and shape, else their list. An env ended by a
+group ``step`` is reset by the next one (reward 0), as gymnasium's ``NEXT_STEP`` autoreset.
+Any request that fails is answered ``[ERROR, error]``; a closed env refuses all but ``close``.
+
+**Control** (Pyro5 with the msgpack serializer; the handshake data is :func:`hello` without
+a target, answered by the server's versions). Every method returns ``codec.dumps([OK,
+result])`` or ``codec.dumps([ERROR, error])``, read by :func:`result`:
+
+* ``INFO()`` → ``{"protocol", "remote", "python", "gymnasium", "numpy", "pid"}``;
+* ``MAKE(env_id: str, kwargs: codec bytes of a dict)`` → ``{"handle": int, "description":
+  {"observation_space", "action_space", "metadata", "render_mode", "spec"}}`` (spaces as
+  :mod:`.spaces` describes them);
+* ``CLOSE_ENV(handle: int)`` → ``None`` (an unknown handle is no error);
+* ``EXPERIMENT(request: codec bytes)``: ``{"op": EXPERIMENT_START, "spec": {...}}`` → the
+  experiment's id; ``{"op": EXPERIMENT_POLL, "id": int, "wait": seconds}`` → ``{"done":
+  bool, "episodes": int, "summary": dict | None}`` (or the loop's error); ``{"op":
+  EXPERIMENT_CANCEL, "id": int}`` → ``None``.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +48,7 @@ import hmac
 import traceback
 from typing import Any
 
-from ..errors import ProtocolError
+from ..errors import ProtocolError, RemoteEnvError, remote_exception
 
 #: Version of the protocol spoken between host and container; checked on every connect.
 PROTOCOL_VERSION = 2
@@ -15,15 +57,40 @@ PROTOCOL_VERSION = 2
 #: is the error as plain data, see :func:`error_payload`).
 OK, ERROR = 0, 1
 
+# -- the env stream ----------------------------------------------------------------------------
 
-def error_payload(exc: BaseException) -> dict[str, str]:
-    """An exception as plain data: qualified type name, message and formatted traceback."""
-    cls = type(exc)
-    return {
-        "type": f"{cls.__module__}.{cls.__qualname__}",
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(cls, exc, exc.__traceback__)),
-    }
+STEP, RESET, RENDER, CLOSE = "step", "reset", "render", "close"
+
+#: The env-stream operations: op → items of its OK reply, the status included; the same for
+#: one env and for a group of envs.
+REPLY_SIZE: dict[str, int] = {STEP: 6, RESET: 3, RENDER: 2, CLOSE: 2}
+
+#: The operations a group of envs serves (one env serves all of :data:`REPLY_SIZE`).
+GROUP_OPS = frozenset({STEP, RESET, CLOSE})
+
+# the sizes as constants, for the hot path: no lookup per call
+STEP_REPLY_SIZE = REPLY_SIZE[STEP]
+RESET_REPLY_SIZE = REPLY_SIZE[RESET]
+RENDER_REPLY_SIZE = REPLY_SIZE[RENDER]
+CLOSE_REPLY_SIZE = REPLY_SIZE[CLOSE]
+
+# -- control (Pyro5) ---------------------------------------------------------------------------
+
+INFO, MAKE, CLOSE_ENV, EXPERIMENT = "info", "make", "close_env", "experiment"
+
+#: The control object's methods, as the host calls them.
+CONTROL_METHODS = (INFO, MAKE, CLOSE_ENV, EXPERIMENT)
+
+#: The ``op`` of an experiment request.
+EXPERIMENT_START, EXPERIMENT_POLL, EXPERIMENT_CANCEL = "start", "poll", "cancel"
+
+# -- handshake ---------------------------------------------------------------------------------
+
+
+def hello(secret: str, **target: Any) -> dict[str, Any]:
+    """A client's first message: ``{"protocol": PROTOCOL_VERSION, "secret": secret, **target}``;
+    ``target`` names what an env stream serves (``env=handle`` or ``envs=[handle, ...]``)."""
+    return {"protocol": PROTOCOL_VERSION, "secret": secret, **target}
 
 
 def check_hello(hello: Any, secret: str) -> None:
@@ -38,3 +105,48 @@ def check_hello(hello: Any, secret: str) -> None:
     given = hello.get("secret")
     if not isinstance(given, str) or not hmac.compare_digest(given.encode(), secret.encode()):
         raise ProtocolError("authentication failed: wrong or missing session secret")
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+#: The keys of an error payload; each value is a str.
+ERROR_FIELDS = ("type", "message", "traceback")
+
+
+def error_payload(exc: BaseException) -> dict[str, str]:
+    """An exception as plain data: qualified type name, message and formatted traceback."""
+    cls = type(exc)
+    return {
+        "type": f"{cls.__module__}.{cls.__qualname__}",
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(cls, exc, exc.__traceback__)),
+    }
+
+
+def error_reply(exc: BaseException) -> list[Any]:
+    """The reply to a request that raised ``exc``: ``[ERROR, error_payload(exc)]``."""
+    return [ERROR, error_payload(exc)]
+
+
+def remote_error(payload: Any, base: type[RemoteEnvError] = RemoteEnvError) -> RemoteEnvError:
+    """The local exception for the error of an ``[ERROR, payload]`` reply: a ``base``, of
+    the remote's own class if that is one of remote's errors under ``base``, and also of the
+    built-in type raised (see :func:`remote.errors.remote_exception`).
+
+    Raises:
+        ProtocolError: ``payload`` is not an error as :func:`error_payload` makes it.
+    """
+    if type(payload) is not dict or any(type(payload.get(key)) is not str for key in ERROR_FIELDS):
+        raise ProtocolError(f"malformed error in a reply: {payload!r:.100}")
+    return remote_exception(payload["type"], payload["message"], payload["traceback"], base)
+
+
+def result(reply: Any, base: type[RemoteEnvError] = RemoteEnvError) -> Any:
+    """The value of an ``[OK, value]`` reply; for ``[ERROR, error]`` raise its
+    :func:`remote_error` (a ``base``); ProtocolError for anything else."""
+    if type(reply) is list and len(reply) == 2:
+        if reply[0] == OK:
+            return reply[1]
+        if reply[0] == ERROR:
+            raise remote_error(reply[1], base)
+    raise ProtocolError(f"malformed reply: {reply!r:.100}")

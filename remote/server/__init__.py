@@ -7,7 +7,7 @@ on two endpoints, unix sockets in ``run_dir`` or TCP ports on 127.0.0.1:
 * **control** (Pyro5, msgpack serializer): :class:`RemoteRunnerServer` creates and closes
   environments and reports versions. Every connection must pass the handshake: protocol
   version and session secret.
-* **env stream** (length-prefixed msgpack frames, see :mod:`remote.wire`): one connection
+* **env stream** (length-prefixed msgpack frames, see :mod:`remote.protocol.channel`): one connection
   per environment, the lean path for ``reset``/``step``/``render``. The first frame must
   name the environment and carry the secret.
 
@@ -16,7 +16,9 @@ removing ``run_dir``, when its stdin reaches end of file: the host holds the oth
 that pipe, so the server never outlives the host process, even after ``kill -9``.
 
 Nothing received is executed or unpickled: requests are plain msgpack data, checked
-against a fixed set of operations and the environment's action space.
+against a fixed set of operations and the environment's action space. The requests and
+replies are listed in :mod:`remote.protocol.ops`, the run folder's files in
+:mod:`remote.protocol.rundir`.
 """
 
 from .control import RemoteRunnerServer

@@ -15,14 +15,14 @@ import Pyro5.server
 
 from ..errors import EnvCreationError, ProtocolError
 from ..protocol import codec
-from ..protocol.ops import ERROR, OK, PROTOCOL_VERSION, check_hello, error_payload
+from ..protocol.ops import OK, PROTOCOL_VERSION, check_hello, error_reply
 from .envs import RemoteEnvironmentServer, create_env, describe_env
 
 
-@Pyro5.server.expose
 class RemoteRunnerServer:
-    """The control object: creates and closes environments. Every method returns
-    ``codec.dumps([OK, result])`` or ``codec.dumps([ERROR, error])``, never raises."""
+    """The control object: creates and closes environments. Every method the host calls
+    (:data:`remote.protocol.ops.CONTROL_METHODS`) returns ``codec.dumps([OK, result])`` or
+    ``codec.dumps([ERROR, error])``, never raises."""
 
     def __init__(self) -> None:
         self.envs: dict[int, RemoteEnvironmentServer] = {}
@@ -33,12 +33,14 @@ class RemoteRunnerServer:
         try:
             return codec.dumps([OK, call()])
         except Exception as exc:
-            return codec.dumps([ERROR, error_payload(exc)])
+            return codec.dumps(error_reply(exc))
 
+    @Pyro5.server.expose
     def info(self) -> bytes:
         """Versions inside the container: protocol, remote, python, gymnasium, numpy."""
         return self._reply(server_info)
 
+    @Pyro5.server.expose
     def make(self, env_id: str, kwargs: bytes) -> bytes:
         """Create an env; return its handle and its description (spaces, metadata, spec)."""
 
@@ -63,6 +65,7 @@ class RemoteRunnerServer:
 
         return self._reply(make)
 
+    @Pyro5.server.expose
     def close_env(self, handle: int) -> bytes:
         """Close an env and forget it; closing an unknown handle is not an error."""
 
@@ -74,8 +77,9 @@ class RemoteRunnerServer:
 
         return self._reply(close)
 
+    @Pyro5.server.expose
     def experiment(self, request: bytes) -> bytes:
-        """Start, poll or cancel an experiment loop beside its env (:mod:`remote.experiment_loop`)."""
+        """Start, poll or cancel an experiment loop beside its env (:mod:`.experiment`)."""
         from .experiment import EXPERIMENTS
 
         return self._reply(lambda: EXPERIMENTS.handle(codec.loads(request), create_env))

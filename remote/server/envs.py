@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import InvalidAction, ProtocolError
 from ..protocol import codec
 from ..protocol import spaces as space_codec
-from ..protocol.ops import ERROR, OK, error_payload
+from ..protocol.ops import CLOSE, OK, RENDER, RESET, STEP, error_reply
 
 
 def check_action(space: gym.Space, action: Any) -> None:
@@ -116,19 +116,18 @@ def dispatch(ops: dict[str, Callable[[Any], list[Any]]], op: Any, args: Any, clo
         method = ops.get(op) if type(op) is str else None
         if method is None:
             raise ProtocolError(f"unknown operation {op!r:.40}")
-        if closed and op != "close":
+        if closed and op != CLOSE:
             raise RuntimeError(closed)
         return method(args)
     except Exception as exc:
-        return [ERROR, error_payload(exc)]
+        return error_reply(exc)
 
 
 class RemoteEnvironmentServer:
     """One environment in the container and the operations the host may ask of it.
 
-    Each operation returns the whole reply frame: ``[OK, obs, reward, terminated,
-    truncated, info]`` for ``step``, ``[OK, obs, info]`` for ``reset``, ``[OK, value]``
-    for the others; :meth:`handle` turns an exception into ``[ERROR, error]``.
+    Each operation returns the whole reply frame, as :mod:`remote.protocol.ops` lists them;
+    :meth:`handle` turns an exception into ``[ERROR, error]``.
     """
 
     def __init__(self, env: gym.Env) -> None:
@@ -137,10 +136,10 @@ class RemoteEnvironmentServer:
         self.closed = False
         self.check = action_checker(env.action_space)
         self.ops: dict[str, Callable[[Any], list[Any]]] = {
-            "step": self.step,
-            "reset": self.reset,
-            "render": self.render,
-            "close": self.close,
+            STEP: self.step,
+            RESET: self.reset,
+            RENDER: self.render,
+            CLOSE: self.close,
         }
 
     def step(self, action: Any) -> list[Any]:

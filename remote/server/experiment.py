@@ -14,7 +14,7 @@ has ``observe(obs, action, reward, next_obs, terminated, truncated, info)``, tha
 called after every step (a learning agent updates there). ``env.action_space`` is seeded
 with the run's seed, so an agent that samples from it is reproducible.
 
-This module runs inside the container: stdlib, numpy and gymnasium only.
+This module runs inside the container: stdlib, numpy, gymnasium and :mod:`remote.protocol` only.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+
+from ..protocol.ops import EXPERIMENT_CANCEL, EXPERIMENT_POLL, EXPERIMENT_START
 
 
 def load_agent(entry_point: str) -> Callable[..., Any]:
@@ -174,7 +176,8 @@ class Experiment:
 
 
 class Experiments:
-    """The experiments of one server, driven by requests ``{"op": "start"|"poll"|"cancel", ...}``."""
+    """The experiments of one server, driven by the requests of
+    :data:`remote.protocol.ops.EXPERIMENT` (``{"op": "start"|"poll"|"cancel", ...}``)."""
 
     def __init__(self) -> None:
         self.running: dict[int, Experiment] = {}
@@ -182,9 +185,10 @@ class Experiments:
         self.next_id = 1
 
     def handle(self, request: Any, make_env: Callable[[str, dict[str, Any]], gym.Env]) -> Any:
-        if not isinstance(request, dict) or request.get("op") not in ("start", "poll", "cancel"):
+        ops = (EXPERIMENT_START, EXPERIMENT_POLL, EXPERIMENT_CANCEL)
+        if not isinstance(request, dict) or request.get("op") not in ops:
             raise ValueError("an experiment request is {'op': 'start'|'poll'|'cancel', ...}")
-        if request["op"] == "start":
+        if request["op"] == EXPERIMENT_START:
             experiment = Experiment(_checked_spec(request.get("spec")), make_env)
             with self.lock:
                 number, self.next_id = self.next_id, self.next_id + 1
@@ -194,7 +198,7 @@ class Experiments:
             experiment = self.running.get(request.get("id"))  # type: ignore[arg-type]
         if experiment is None:
             raise KeyError(f"no experiment {request.get('id')!r:.20}")
-        if request["op"] == "cancel":
+        if request["op"] == EXPERIMENT_CANCEL:
             experiment.cancelled.set()
             return None
         wait = request.get("wait", 0.0)

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ProtocolError
-from ..protocol.ops import OK
+from ..protocol.ops import CLOSE, OK, RESET, STEP
 from .envs import RemoteEnvironmentServer, dispatch
 
 
@@ -18,20 +18,17 @@ class EnvGroupServer:
     (an env that ended is reset by the next ``step``, which returns reward 0).
 
     ``step`` takes a list of actions, or an array whose rows are the actions (as gymnasium's
-    ``iterate`` splits a batched Box/MultiDiscrete/MultiBinary action). Replies: ``step`` →
-    ``[OK, observations, rewards float64, terminations bool, truncations bool, [info...]]``;
-    ``reset`` (args ``[[seed...], options]``) → ``[OK, observations, [info...]]``, where
-    ``observations`` is one array stacking them all when every observation is an array of
-    the same dtype and shape, else the list of observations.
+    ``iterate`` splits a batched Box/MultiDiscrete/MultiBinary action). The requests and
+    replies are those of :data:`remote.protocol.ops.GROUP_OPS`, listed in :mod:`remote.protocol.ops`.
     """
 
     def __init__(self, envs: list[RemoteEnvironmentServer]) -> None:
         self.envs = envs
         self.autoreset = [False] * len(envs)
         self.ops: dict[str, Callable[[Any], list[Any]]] = {
-            "step": self.step,
-            "reset": self.reset,
-            "close": self.close,
+            STEP: self.step,
+            RESET: self.reset,
+            CLOSE: self.close,
         }
 
     def step(self, actions: Any) -> list[Any]:

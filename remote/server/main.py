@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -17,7 +16,7 @@ import Pyro5
 import Pyro5.serializers
 import Pyro5.server
 
-from ..protocol.ops import PROTOCOL_VERSION
+from ..protocol import rundir
 from .control import Daemon, RemoteRunnerServer
 from .streams import EnvStreamServer
 
@@ -43,27 +42,30 @@ def _listen(config: dict[str, Any], run_dir: Path, name: str, port: int) -> sock
 
 
 def main(run_dir: str) -> None:
-    """Serve until stdin closes. ``run_dir`` holds config.json and the secret."""
+    """Serve until stdin closes. ``run_dir`` holds config.json and the secret (see
+    :mod:`remote.protocol.rundir`)."""
     os.umask(0o077)
     root = Path(run_dir)
-    config = json.loads((root / "config.json").read_text())
-    secret = (root / "secret").read_text().strip()
+    config = rundir.read_config(root)
+    secret = rundir.read_secret(root)
     _only_msgpack()
     Pyro5.config.SERIALIZER = "msgpack"
     runner = RemoteRunnerServer()
     ports = config.get("ports") or (0, 0)  # leased by the host, or picked here
 
-    if config["transport"] == "unix":
-        daemon = Daemon(secret, unixsocket=str(root / "control"))
-        os.chmod(root / "control", 0o600)
-        control: Any = str(root / "control")
+    unix = config["transport"] == "unix"
+    if unix:
+        control_path = root / rundir.CONTROL_SOCKET
+        daemon = Daemon(secret, unixsocket=str(control_path))
+        os.chmod(control_path, 0o600)
+        control: Any = str(control_path)
     else:
         daemon = Daemon(secret, host="127.0.0.1", port=ports[0])
         control = daemon.locationStr.rpartition(":")[2]
         control = int(control)
     daemon.register(runner, "runner")
-    listener = _listen(config, root, "envs", ports[1])
-    stream: Any = str(root / "envs") if config["transport"] == "unix" else listener.getsockname()[1]
+    listener = _listen(config, root, rundir.STREAM_SOCKET, ports[1])
+    stream: Any = str(root / rundir.STREAM_SOCKET) if unix else listener.getsockname()[1]
     streams = EnvStreamServer(listener, runner, secret)
     threading.Thread(target=streams.serve_forever, daemon=True).start()
 
@@ -76,11 +78,7 @@ def main(run_dir: str) -> None:
     signal.signal(signal.SIGTERM, shutdown)
     threading.Thread(target=_wait_for_eof, args=(shutdown,), daemon=True).start()
 
-    ready = root / "ready.json.tmp"
-    ready.write_text(
-        json.dumps({"pid": os.getpid(), "control": control, "stream": stream, "protocol": PROTOCOL_VERSION})
-    )
-    os.rename(ready, root / "ready.json")
+    rundir.write_ready(root, os.getpid(), control, stream)
     daemon.requestLoop()
 
 

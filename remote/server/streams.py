@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import ProtocolError
 from ..protocol.channel import Channel
-from ..protocol.ops import ERROR, OK, check_hello, error_payload
+from ..protocol.ops import OK, check_hello, error_reply
 from .control import RemoteRunnerServer
 from .envs import RemoteEnvironmentServer
 from .groups import EnvGroupServer
@@ -59,11 +59,11 @@ class EnvStreamServer:
                     if type(request) is list and len(request) == 2:
                         response = handle(request[0], request[1])
                     else:
-                        response = [ERROR, error_payload(ProtocolError("a request is [op, args]"))]
+                        response = error_reply(ProtocolError("a request is [op, args]"))
                     try:
                         send(response)
                     except TypeError as exc:  # a result the codec cannot carry
-                        send([ERROR, error_payload(exc)])
+                        send(error_reply(exc))
         except (ConnectionError, OSError, ProtocolError):
             return  # client went away or spoke garbage: drop the connection
         except Exception:  # a bug of ours: say so, keep serving the others
@@ -80,7 +80,7 @@ class EnvStreamServer:
             target = self._target(hello)
         except (ProtocolError, TimeoutError) as exc:
             with contextlib.suppress(OSError):
-                channel.send([ERROR, error_payload(exc)])
+                channel.send(error_reply(exc))
             return None
         channel.settimeout(None)
         channel.send([OK, None])

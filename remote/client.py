@@ -141,10 +141,13 @@ class RemoteEnvironmentClient(gym.Env):
         handle: int,
         description: dict[str, Any],
         stream: EnvStream,
+        kwargs: dict[str, Any] | None = None,
         owns_runner: bool = False,
     ) -> None:
         self.runner = runner
         self.env_id = env_id
+        #: The kwargs the env was made with.
+        self.kwargs = dict(kwargs or {})
         self.handle = handle
         #: The env's stream to the container (dropped when the env or its runner closes).
         self.stream = stream

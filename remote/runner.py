@@ -111,6 +111,19 @@ class RemoteRunner:
         ports: tuple[int, int] | None = None,
     ) -> None:
         _check_arguments(image, experiment, transport, ports, timeout, start_timeout)
+        #: What this runner was made with, to start another one like it (an env's spec does).
+        self.options: dict[str, Any] = {
+            "experiment": experiment,
+            "experiments": experiments,
+            "sha256": sha256,
+            "transport": transport,
+            "python": python,
+            "timeout": timeout,
+            "start_timeout": start_timeout,
+            "env": dict(env or {}),
+            "binds": list(binds),
+            "runtime": runtime,
+        }
         self._runtime = get_runtime(runtime)
         resolved = self._resolve_image(image, experiment, experiments, sha256)
         self.image = resolved.path
@@ -324,7 +337,7 @@ class RemoteRunner:
         made = self._create(env_id, _encode_kwargs(env_id, kwargs))
         stream = self._open_stream({"env": made["handle"]}, env_id)
         client = RemoteEnvironmentClient(
-            self, env_id, made["handle"], made["description"], stream, owns_runner=owns_runner
+            self, env_id, made["handle"], made["description"], stream, dict(kwargs), owns_runner=owns_runner
         )
         with self._lock:
             self._clients.add(client)

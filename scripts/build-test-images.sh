@@ -6,6 +6,10 @@
 #                         serpent, msgpack, remote)
 #   OUTDIR/legacy.sif     from recipes/legacy.def (numpy 1.26 + gymnasium 0.29.1: the
 #                         stack that cannot coexist with gymnasium.sif's; ~60 s)
+#   OUTDIR/envs.sif       from recipes/envs.def (the field's real envs: ale-py, minigrid,
+#                         Box2D, MuJoCo; no remote in it; ~70 s)
+#   OUTDIR/dacbench.sif   from recipes/dacbench.def (DACBench with its dependencies; no
+#                         remote in it; ~140 s)
 # An image is skipped when it exists and is newer than its recipe (and, for
 # minimal.sif, than gymnasium.sif), so local reruns are fast. A change under remote/
 # does not call for a rebuild: the host brings its own remote/ into the container
@@ -59,3 +63,11 @@ if up_to_date "$LEGACY" "$REPO/recipes/legacy.def"; then
 else
   "$BUILD" "$REPO/recipes/legacy.def" "$LEGACY"
 fi
+
+for name in envs dacbench; do
+  if up_to_date "$OUTDIR/$name.sif" "$REPO/recipes/$name.def"; then
+    log "$OUTDIR/$name.sif is up to date"
+  else
+    "$BUILD" "$REPO/recipes/$name.def" "$OUTDIR/$name.sif"
+  fi
+done

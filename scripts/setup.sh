@@ -12,7 +12,17 @@
 #   6. a one-node Slurm cluster for the Slurm tests (scripts/start-slurm.sh: Debian's
 #      slurm-wlm, munged, slurmctld, slurmd; as root, ~15 s to install, ~1 s to start).
 # Reruns take seconds. Environment: PYTHON (default python3) creates the venvs.
+#
+# setup.sh --example: only what examples/cartpole.py needs: Apptainer, .venv with remote
+# alone (no dev tools, torch or Ray) and .images/gymnasium.sif; nothing else (~1 minute on a
+# fresh machine). The README's first command.
 set -Eeuo pipefail
+EXAMPLE=0
+case "${1:-}" in
+  --example) EXAMPLE=1;;
+  "") ;;
+  *) echo "usage: $0 [--example]" >&2; exit 2;;
+esac
 REPO=$(cd "$(dirname "$(readlink -f "$0")")/.." && pwd)
 cd "$REPO"
 log() { printf 'setup: %s\n' "$*" >&2; }
@@ -32,6 +42,16 @@ if [ ! -x .venv/bin/python ]; then
   "${PYTHON:-python3}" -m venv .venv
 fi
 log "installing remote into .venv"
+if [ "$EXAMPLE" = 1 ]; then
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e .
+  if [ "$(id -u)" -eq 0 ] && [ ! -s .images/gymnasium.sif ]; then
+    log "the example's image"
+    bash scripts/build-image.sh recipes/gymnasium.def .images/gymnasium.sif
+  fi
+  [ -s .images/gymnasium.sif ] || { log "building images needs root (scripts/build-image.sh)"; exit 1; }
+  log "done in $(( $(date +%s) - t0 )) s"
+  exit 0
+fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,cluster]"
 # Stable-Baselines3 on CPU torch for the PPO test; torch pinned to the CPU build this machine
 # kind keeps on disk (an unpinned torch would pull a CUDA build of several GB)

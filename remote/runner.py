@@ -51,6 +51,9 @@ MAX_SOCKET_PATH = 100
 
 log = logging.getLogger("remote")
 
+#: A wrapper made in the container: ``"module:Wrapper"`` or ``("module:Wrapper", kwargs)``.
+WrapperSpec = str | tuple[str, Mapping[str, Any]]
+
 _live: set[RemoteRunner] = set()
 _live_lock = threading.RLock()  # re-entrant: the SIGTERM handler may run while it is held
 
@@ -75,6 +78,13 @@ class RemoteRunner:
         python: the Python executable inside the image.
         timeout: seconds any call may take before :class:`remote.CallTimeout`.
         start_timeout: seconds the container may take to start and answer.
+        make_timeout: seconds creating an env (and importing ``imports``/``preload``) may
+            take, which may import for seconds; default ``start_timeout``.
+        imports: modules imported in the container before any env is made: the packages that
+            register env ids (gymnasium 1.x loads no plugins), e.g. ``["ale_py"]``.
+        preload: modules imported in the container while it starts, so that the first
+            :meth:`make` is fast (a package that takes seconds to import, e.g.
+            ``["dacbench"]``); the runner is ready once they are imported.
         env: variables set in the container (the host's environment is not passed in).
         binds: more folders for the container, ``"src"`` or ``"src:dest[:ro]"``.
         runtime: ``"apptainer"`` (default), ``"singularity"``, ``"process"``, ``"podman"``,
@@ -109,8 +119,16 @@ class RemoteRunner:
         binds: Sequence[str] = (),
         runtime: str | Runtime | None = None,
         ports: tuple[int, int] | None = None,
+        make_timeout: float | None = None,
+        imports: Sequence[str] = (),
+        preload: Sequence[str] = (),
     ) -> None:
         _check_arguments(image, experiment, transport, ports, timeout, start_timeout)
+        if make_timeout is not None and not make_timeout > 0:
+            raise ValueError("make_timeout must be a positive number of seconds")
+        for names in (imports, preload):
+            if isinstance(names, str) or not all(isinstance(name, str) for name in names):
+                raise TypeError(f"imports= and preload= take a list of module names, not {names!r:.60}")
         #: What this runner was made with, to start another one like it (an env's spec does).
         self.options: dict[str, Any] = {
             "experiment": experiment,
@@ -123,6 +141,9 @@ class RemoteRunner:
             "env": dict(env or {}),
             "binds": list(binds),
             "runtime": runtime,
+            "make_timeout": make_timeout,
+            "imports": list(imports),
+            "preload": list(preload),
         }
         self._runtime = get_runtime(runtime)
         resolved = self._resolve_image(image, experiment, experiments, sha256)
@@ -131,6 +152,8 @@ class RemoteRunner:
         self.image_sha256 = resolved.sha256
         self.transport = transport
         self.timeout = float(timeout)
+        #: Seconds a make (or the imports of ``imports``/``preload``) may take.
+        self.make_timeout = float(start_timeout if make_timeout is None else make_timeout)
         #: The extra folders the container sees: (host path, container path, mode).
         self.binds = [_parse_bind(b) for b in binds]
         self._clients: set[RemoteEnvironmentClient] = set()
@@ -148,6 +171,13 @@ class RemoteRunner:
             name = f"remote-{self.run_dir.name}"
             self._start(self._command(python, env, name), name)
             self._connect(self._wait_ready(start_timeout))
+            if imports or preload:  # before the runner is handed out: then make is fast
+                took = self._slow_control(
+                    ops.IMPORTS, codec.dumps([*imports, *preload]), base=EnvCreationError
+                )
+                log.info(
+                    "imported in the container: %s", ", ".join(f"{m} ({s:.2f} s)" for m, s in took.items())
+                )
         except BaseException:
             self.close()
             raise
@@ -266,6 +296,24 @@ class RemoteRunner:
         except ProtocolError as exc:  # malformed (an error of the container's is a ``base``)
             raise ProtocolError(f"{method}: {exc}") from None
 
+    def _slow_control(self, method: str, *args: Any, base: type[RemoteEnvError] = RemoteEnvError) -> Any:
+        """:meth:`_control` bounded by :attr:`make_timeout` instead of :attr:`timeout`: creating
+        an env (or importing its package) may import for seconds."""
+        with self._lock:
+            proxy = self._proxy
+            if proxy is not None:
+                proxy._pyroTimeout = self.make_timeout  # noqa: SLF001 (Pyro5's public proxy API)
+            try:
+                return self._control(method, *args, base=base)
+            except CallTimeout:
+                raise CallTimeout(
+                    f"{method} on {self.image} got no answer within {self.make_timeout:g} s (set "
+                    "make_timeout= on the runner if the env is this slow to create)"
+                ) from None
+            finally:
+                if proxy is not None:
+                    proxy._pyroTimeout = self.timeout  # noqa: SLF001
+
     def _refused_or_lost(self, exc: Exception, what: str) -> RemoteError:
         """VersionMismatch or AuthenticationError if the server refused us, else
         :meth:`connection_lost`."""
@@ -321,8 +369,14 @@ class RemoteRunner:
 
         Args:
             env_id: a gymnasium id registered in the image (``"CartPole-v1"``,
-                ``"pkg.module:Env-v0"``) or an entry point ``"pkg.module:EnvClass"``.
-            **kwargs: passed to the env's constructor (e.g. ``render_mode="rgb_array"``).
+                ``"ALE/Breakout-v5"``, ``"pkg.module:Env-v0"``), an env class
+                ``"pkg.module:EnvClass"`` or a function that returns an env
+                ``"pkg.module:make_env"`` (or ``"pkg.module:Benchmark.method"``, called on
+                ``Benchmark()``). An id of a well-known package (Atari's ``ALE/``, MiniGrid,
+                DACBench, ...) is registered by importing that package when gymnasium does
+                not know it; others need ``imports=`` on the runner or ``"pkg:Id"``.
+            **kwargs: passed to the env's constructor (e.g. ``render_mode="rgb_array"``);
+                wrappers made in the container are :meth:`open_env`'s ``wrappers=``.
 
         Raises:
             EnvCreationError: the container could not create it (unknown id, bad kwargs).
@@ -330,14 +384,31 @@ class RemoteRunner:
         return self.open_env(env_id, kwargs)
 
     def open_env(
-        self, env_id: str, kwargs: Mapping[str, Any], *, owns_runner: bool = False
+        self,
+        env_id: str,
+        kwargs: Mapping[str, Any],
+        *,
+        owns_runner: bool = False,
+        wrappers: Sequence[WrapperSpec] = (),
     ) -> RemoteEnvironmentClient:
         """:meth:`make` with the env's kwargs as a mapping; ``owns_runner``: closing the env
-        closes this runner too (as :func:`remote.make` does)."""
-        made = self._create(env_id, _encode_kwargs(env_id, kwargs))
+        closes this runner too (as :func:`remote.make` does). ``wrappers`` are applied to the
+        env inside the container, in order, each ``"module:Wrapper"`` or ``("module:Wrapper",
+        kwargs)`` made as ``Wrapper(env, **kwargs)`` (for wrappers that need the env's
+        internals, or that shrink what travels: ``AtariPreprocessing``); the client's spaces
+        are those of the wrapped env."""
+        wrapper_list = _wrapper_list(wrappers)
+        made = self._create(env_id, _encode_kwargs(env_id, kwargs), _encode_wrappers(wrapper_list))
         stream = self._open_stream({"env": made["handle"]}, env_id)
         client = RemoteEnvironmentClient(
-            self, env_id, made["handle"], made["description"], stream, dict(kwargs), owns_runner=owns_runner
+            self,
+            env_id,
+            made["handle"],
+            made["description"],
+            stream,
+            dict(kwargs),
+            owns_runner=owns_runner,
+            wrappers=wrapper_list,
         )
         with self._lock:
             self._clients.add(client)
@@ -345,26 +416,36 @@ class RemoteRunner:
         return client
 
     def open_group(
-        self, env_id: str, count: int, kwargs: Mapping[str, Any]
+        self, env_id: str, count: int, kwargs: Mapping[str, Any], wrappers: Sequence[WrapperSpec] = ()
     ) -> tuple[dict[str, Any], EnvStream]:
-        """Create ``count`` envs served together on one stream (see :mod:`remote.vector`):
-        the first env's description and the group's stream."""
+        """Create ``count`` envs served together on one stream (see :mod:`remote.vector`),
+        each with ``wrappers`` (as :meth:`open_env`'s): the first env's description and the
+        group's stream."""
         encoded = _encode_kwargs(env_id, kwargs)
+        encoded_wrappers = _encode_wrappers(_wrapper_list(wrappers))
         handles, description = [], {}
         for _ in range(count):
-            made = self._create(env_id, encoded)
+            made = self._create(env_id, encoded, encoded_wrappers)
             handles.append(made["handle"])
             description = made["description"]
         return description, self._open_stream({"envs": handles}, f"{env_id} x{count}")
 
-    def _create(self, env_id: str, encoded_kwargs: bytes) -> dict[str, Any]:
-        """Create an env in the container: ``{"handle": int, "description": dict}``."""
+    def _create(
+        self, env_id: str, encoded_kwargs: bytes, encoded_wrappers: bytes | None = None
+    ) -> dict[str, Any]:
+        """Create an env in the container: ``{"handle": int, "description": dict}``; bounded
+        by :attr:`make_timeout`."""
+        wrappers = () if encoded_wrappers is None else (encoded_wrappers,)  # none: the request as before
         try:
-            return self._control(ops.MAKE, env_id, encoded_kwargs)
+            return self._slow_control(ops.MAKE, env_id, encoded_kwargs, *wrappers)
         except EnvCreationError as exc:
+            if not exc.remote_message.startswith("could not create "):
+                raise  # made, but not mirrored: the server's message says what to do
             raise EnvCreationError(
                 f"{exc.remote_message.rstrip('.')}. Check the env id and kwargs, and that the image has "
-                "the package that registers the env (or pass 'module:Class')",
+                "the package that registers the env: have it imported with imports=['pkg'] (on the "
+                "runner, or in runner_options), or name it in the id as 'pkg:Id'; an env class or a "
+                "function that returns an env is named 'module:Class' or 'module:factory'",
                 exc.remote_type,
                 exc.remote_traceback,
             ) from None
@@ -476,6 +557,12 @@ class RemoteRunner:
                 return str(Path(dest) / path.relative_to(src))
         return str(path)
 
+    def call_env(self, handle: int, path: str, arguments: bytes | None) -> Any:
+        """Read (``arguments`` None) or call (codec bytes of ``[args, kwargs]``) the attribute
+        ``path`` of env ``handle`` in the container: ``[kind, value or type name]``, as
+        :data:`remote.protocol.ops.CALL` answers; the env's own error is raised as RemoteEnvError."""
+        return self._control(ops.CALL, handle, path, arguments)
+
     def forget(self, client: RemoteEnvironmentClient) -> None:
         """Called by a client on close: free the env's slot in the container."""
         self.on_env_close(client)
@@ -507,6 +594,21 @@ class RemoteRunner:
             self._log_path.unlink(missing_ok=True)
         with _live_lock:
             _live.discard(self)
+
+    def forked(self) -> None:
+        """Called in a child forked from the process that started this runner: the container
+        is the parent's, so the child closes its copy of the control connection (without
+        shutting it down, which would cut the parent's) and counts the runner closed: it can
+        neither use nor stop it. (The child's copy of the lifeline is closed by
+        :mod:`remote.runtime.supervisor`, the env streams' by :mod:`remote.client`.)"""
+        self._lock = threading.RLock()  # it may have been held by a thread the child does not have
+        self._closed = True
+        self._clients = set()
+        proxy, self._proxy = self._proxy, None
+        connection = proxy._pyroConnection if proxy is not None else None  # noqa: SLF001 (Pyro5's)
+        if connection is not None:
+            proxy._pyroConnection = None  # noqa: SLF001 (its __del__ would shut the socket down)
+            connection.sock.close()
 
     @property
     def closed(self) -> bool:
@@ -543,19 +645,24 @@ def make(
     timeout: float = DEFAULT_TIMEOUT,
     runtime: str | Runtime | None = None,
     runner_options: Mapping[str, Any] | None = None,
+    wrappers: Sequence[WrapperSpec] = (),
     **env_kwargs: Any,
 ) -> RemoteEnvironmentClient:
     """Start a container from ``image`` and create ``env_id`` in it: one line, one env.
 
     Closing the env stops its container. ``runtime`` is as for :class:`RemoteRunner`;
-    ``runner_options`` are more of its arguments (``binds``, ``env``, ``sha256``, ...);
-    ``env_kwargs`` go to the env's constructor.
+    ``runner_options`` are more of its arguments (``binds``, ``env``, ``sha256``,
+    ``imports``, ``preload``, ``make_timeout``, ...); ``wrappers`` are applied inside the
+    container (see :meth:`RemoteRunner.open_env`); ``env_kwargs`` go to the env's constructor.
 
     Example::
 
         env = remote.make("CartPole-v1", image="gymnasium.sif")
         env = remote.make("my_envs:Maze", image="base.sif", size=9,
                           runner_options={"binds": ["./my_envs"], "env": {"PYTHONPATH": "..."}})
+        env = remote.make("ALE/Breakout-v5", image="envs.sif", frameskip=1, wrappers=[
+            ("gymnasium.wrappers:AtariPreprocessing", {"frame_skip": 4}),
+            ("gymnasium.wrappers:FrameStackObservation", {"stack_size": 4})])
     """
     runner = RemoteRunner(
         image,
@@ -566,10 +673,39 @@ def make(
         **(runner_options or {}),
     )
     try:
-        return runner.open_env(env_id, env_kwargs, owns_runner=True)
+        return runner.open_env(env_id, env_kwargs, owns_runner=True, wrappers=wrappers)
     except BaseException:
         runner.close()
         raise
+
+
+def _wrapper_list(wrappers: Sequence[WrapperSpec]) -> list[tuple[str, dict[str, Any]]]:
+    """``wrappers`` as ``[(entry_point, kwargs), ...]``; TypeError for anything else."""
+    if isinstance(wrappers, str):
+        raise TypeError(f"wrappers= takes a list of wrappers, not the str {wrappers!r:.80}")
+    items = []
+    for wrapper in wrappers:
+        entry_point, kwargs = (wrapper, {}) if isinstance(wrapper, str) else (None, None)
+        if isinstance(wrapper, (tuple, list)) and len(wrapper) == 2:
+            entry_point, kwargs = wrapper
+        if not (isinstance(entry_point, str) and ":" in entry_point and isinstance(kwargs, Mapping)):
+            raise TypeError(
+                f"a wrapper is 'module:Wrapper' or ('module:Wrapper', {{kwargs}}), not {wrapper!r:.80} "
+                "(wrappers= takes a list of them)"
+            )
+        items.append((entry_point, dict(kwargs)))
+    return items
+
+
+def _encode_wrappers(wrappers: list[tuple[str, dict[str, Any]]]) -> bytes | None:
+    """``[[entry_point, kwargs], ...]`` as codec bytes; None for no wrappers (the request of a
+    plain make is then the one it always was)."""
+    if not wrappers:
+        return None
+    try:
+        return codec.dumps([list(wrapper) for wrapper in wrappers])
+    except TypeError as exc:
+        raise TypeError(f"wrapper kwargs cannot be sent: {exc}") from None
 
 
 def _encode_kwargs(env_id: str, kwargs: Mapping[str, Any]) -> bytes:
@@ -682,6 +818,20 @@ def _on_sigterm(signum: int, frame: object) -> None:
     close_all()
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
+
+
+def _forked() -> None:
+    """In every child forked from this process: the parent's runners are not the child's
+    (see :meth:`RemoteRunner.forked`); at exit or on SIGTERM the child stops none of them."""
+    global _live_lock
+    _live_lock = threading.RLock()  # it may have been held by a thread the child does not have
+    runners = list(_live)
+    _live.clear()
+    for runner in runners:
+        runner.forked()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def _install_sigterm_handler() -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from copy import deepcopy
 from typing import Any
@@ -26,7 +26,7 @@ from .client import EnvStream, spec_from
 from .errors import InvalidAction, ProtocolError, RemoteError
 from .protocol import spaces as space_codec
 from .protocol.ops import CLOSE, CLOSE_REPLY_SIZE, RESET, RESET_REPLY_SIZE, STEP, STEP_REPLY_SIZE
-from .runner import DEFAULT_TIMEOUT, RemoteRunner
+from .runner import DEFAULT_TIMEOUT, RemoteRunner, WrapperSpec
 from .seeding import seeds_for
 
 #: Spaces whose batch is one array, split into actions row by row.
@@ -52,6 +52,7 @@ class RemoteVectorEnv(VectorEnv):
         transport: str = "unix",
         timeout: float = DEFAULT_TIMEOUT,
         runner_options: Mapping[str, Any] | None = None,
+        wrappers: Sequence[WrapperSpec] = (),
         **env_kwargs: Any,
     ) -> None:
         per = num_envs if envs_per_container is None else envs_per_container
@@ -68,7 +69,7 @@ class RemoteVectorEnv(VectorEnv):
         def start(size: int) -> tuple[RemoteRunner, dict[str, Any], EnvStream]:
             runner = RemoteRunner(image, **options)
             try:
-                description, stream = runner.open_group(env_id, size, env_kwargs)
+                description, stream = runner.open_group(env_id, size, env_kwargs, wrappers)
             except BaseException:
                 runner.close()
                 raise
@@ -215,7 +216,9 @@ def make_vec(
             (:func:`remote.ray.make_vec`, which takes its own options: ``num_cpus``,
             ``resources``, ``address``, ``env_kwargs``, ...).
         **kwargs: ``copy``, ``transport``, ``timeout``, ``runner_options`` (more
-            :class:`remote.RemoteRunner` arguments, e.g. ``binds``), and the env's kwargs.
+            :class:`remote.RemoteRunner` arguments, e.g. ``binds``, ``imports``,
+            ``preload``), ``wrappers`` (made around each env in its container, as
+            :meth:`remote.RemoteRunner.open_env`'s), and the env's kwargs.
 
     Example::
 

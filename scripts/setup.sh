@@ -55,7 +55,8 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,cluster]"
 # Stable-Baselines3 on CPU torch for the PPO test; torch pinned to the CPU build this machine
 # kind keeps on disk (an unpinned torch would pull a CUDA build of several GB)
-.venv/bin/python -m pip install -q --disable-pip-version-check "torch==${TORCH_VERSION:-2.13.0}" "stable-baselines3>=2.3"
+.venv/bin/python -m pip install -q --disable-pip-version-check "torch==${TORCH_VERSION:-2.13.0}" "stable-baselines3>=2.3" \
+  "opencv-python-headless>=4.6"  # cv2 for SB3's AtariWrapper on the host
 
 if [ "$(id -u)" -eq 0 ]; then
   log "test images"

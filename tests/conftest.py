@@ -72,6 +72,18 @@ def legacy_image(apptainer: str) -> str:
 
 
 @pytest.fixture(scope="session")
+def envs_image(apptainer: str) -> str:
+    """The field's real envs (recipes/envs.def): ale-py, minigrid, Box2D, MuJoCo; no remote."""
+    return _test_image("envs.sif")
+
+
+@pytest.fixture(scope="session")
+def dacbench_image(apptainer: str) -> str:
+    """DACBench and its dependencies (recipes/dacbench.def); no remote."""
+    return _test_image("dacbench.sif")
+
+
+@pytest.fixture(scope="session")
 def test_env_options() -> dict:
     """RemoteRunner options that make tests/envs importable by the server (at the same
     path as on the host, which every runtime, the process runtime too, can do)."""

@@ -32,10 +32,23 @@ a target, answered by the server's versions). Every method returns ``codec.dumps
 result])`` or ``codec.dumps([ERROR, error])``, read by :func:`result`:
 
 * ``INFO()`` → ``{"protocol", "remote", "python", "gymnasium", "numpy", "pid"}``;
-* ``MAKE(env_id: str, kwargs: codec bytes of a dict)`` → ``{"handle": int, "description":
-  {"observation_space", "action_space", "metadata", "render_mode", "spec"}}`` (spaces as
-  :mod:`.spaces` describes them);
+* ``MAKE(env_id: str, kwargs: codec bytes of a dict[, wrappers: codec bytes of
+  [[entry_point, kwargs], ...]])`` → ``{"handle": int, "description": {"observation_space",
+  "action_space", "metadata", "render_mode", "spec"}}`` (spaces as :mod:`.spaces` describes
+  them, of the env with ``wrappers`` around it, in order, ``"module:Wrapper"`` each made as
+  ``Wrapper(env, **kwargs)``; no ``wrappers``: none);
+* ``IMPORTS(modules: codec bytes of [str, ...])`` → ``{module: seconds}`` once all are
+  imported, in order (the modules the user named: packages that register env ids, or that
+  are slow to import);
 * ``CLOSE_ENV(handle: int)`` → ``None`` (an unknown handle is no error);
+* ``CALL(handle: int, path: str, arguments: codec bytes of [args, kwargs] | None)``: the
+  attribute ``path`` of the env (dotted names, ``"ale.lives"``: the first found through the
+  env's wrappers, as ``get_wrapper_attr``, the rest by ``getattr``; no name may hold
+  ``__``, nor any step be a module). ``arguments`` None reads it; otherwise it is called
+  with them if it is callable (a value that is not is read, if the arguments are empty).
+  → ``[CALL_VALUE, value]`` if the value travels (the codec's plain data), else
+  ``[CALL_OBJECT, type name]`` for an object read, or ``[CALL_CALLABLE, type name]`` for a
+  callable read; a call's result must travel (else TypeError);
 * ``EXPERIMENT(request: codec bytes)``: ``{"op": EXPERIMENT_START, "spec": {...}}`` → the
   experiment's id; ``{"op": EXPERIMENT_POLL, "id": int, "wait": seconds}`` → ``{"done":
   bool, "episodes": int, "summary": dict | None}`` (or the loop's error); ``{"op":
@@ -77,9 +90,14 @@ CLOSE_REPLY_SIZE = REPLY_SIZE[CLOSE]
 # -- control (Pyro5) ---------------------------------------------------------------------------
 
 INFO, MAKE, CLOSE_ENV, EXPERIMENT = "info", "make", "close_env", "experiment"
+IMPORTS = "imports"
+CALL = "call"
 
 #: The control object's methods, as the host calls them.
-CONTROL_METHODS = (INFO, MAKE, CLOSE_ENV, EXPERIMENT)
+CONTROL_METHODS = (INFO, MAKE, CLOSE_ENV, EXPERIMENT, IMPORTS, CALL)
+
+#: The first item of a ``CALL`` result: what its second item is (see the module's docstring).
+CALL_VALUE, CALL_OBJECT, CALL_CALLABLE = "value", "object", "callable"
 
 #: The ``op`` of an experiment request.
 EXPERIMENT_START, EXPERIMENT_POLL, EXPERIMENT_CANCEL = "start", "poll", "cancel"

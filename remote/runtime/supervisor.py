@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -25,6 +26,9 @@ done
 exec rm -rf -- "$1"
 """
 
+#: The ServerProcesses of this process whose lifeline is open (see :func:`close_lifelines_in_child`).
+_live: weakref.WeakSet[ServerProcess] = weakref.WeakSet()
+
 
 class ServerProcess:
     """A server process under supervision.
@@ -36,6 +40,10 @@ class ServerProcess:
     (a folder bound into a container is a mount point there). Output goes to ``log_path``. A
     watcher thread waits for the process, kills its group, calls ``cleanup()`` and then
     ``on_exit(returncode)`` the moment it ends, however it ends.
+
+    A child forked from this process (``AsyncVectorEnv``'s workers, ``multiprocessing``)
+    closes its copy of the lifeline at once, so that only this process keeps the server
+    alive, and leaves the server to it: ``stop()`` there does nothing.
     """
 
     def __init__(
@@ -48,7 +56,9 @@ class ServerProcess:
     ) -> None:
         self.log_path = log_path
         self._lock = threading.RLock()  # re-entrant: see runner._on_sigterm
+        self._owner = os.getpid()  # another pid: a forked child, which must leave the server alone
         lifeline_r, self._lifeline = os.pipe()
+        _live.add(self)
         try:
             with open(log_path, "ab") as log:
                 try:
@@ -110,14 +120,23 @@ class ServerProcess:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
+    @property
+    def inherited(self) -> bool:
+        """True in a child forked from the process that started the server: not its to stop."""
+        return os.getpid() != self._owner
+
     def _kill_group(self, sig: signal.Signals) -> None:
+        if self.inherited:
+            return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, sig)
 
     def stop(self, timeout: float = 5.0) -> int | None:
         """Ask the server to exit (close its stdin); kill its process group if it does not
-        within ``timeout`` seconds. Returns the exit code."""
+        within ``timeout`` seconds. Returns the exit code; None at once in a forked child."""
         self._close_lifeline()
+        if self.inherited:
+            return None
         if not self.exited.wait(timeout):
             self._kill_group(signal.SIGTERM)
             self._kill_group(signal.SIGCONT)  # a stopped (paused, SIGSTOPped) server must see it
@@ -131,3 +150,25 @@ class ServerProcess:
             if self._lifeline >= 0:
                 os.close(self._lifeline)
                 self._lifeline = -1
+                _live.discard(self)
+
+    def close_lifeline_in_child(self) -> None:
+        """In a forked child: close the child's copy of the lifeline (its lock may have been
+        held by a thread the child does not have, so it is not taken, but replaced)."""
+        self._lock = threading.RLock()
+        if self._lifeline >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._lifeline)
+            self._lifeline = -1
+
+
+def close_lifelines_in_child() -> None:
+    """Run in every child forked from this process: a child that kept a lifeline open would
+    keep its server running after this process is gone (``kill -9``), and make ``stop()``
+    wait for the child to exit before the server sees its stdin close."""
+    for process in list(_live):
+        process.close_lifeline_in_child()
+    _live.clear()
+
+
+os.register_at_fork(after_in_child=close_lifelines_in_child)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -16,7 +17,8 @@ import Pyro5.server
 from ..errors import EnvCreationError, ProtocolError
 from ..protocol import codec
 from ..protocol.ops import OK, PROTOCOL_VERSION, check_hello, error_reply
-from .envs import RemoteEnvironmentServer, create_env, describe_env
+from . import attributes
+from .envs import RemoteEnvironmentServer, create_env, describe_env, import_modules
 
 
 class RemoteRunnerServer:
@@ -41,8 +43,9 @@ class RemoteRunnerServer:
         return self._reply(server_info)
 
     @Pyro5.server.expose
-    def make(self, env_id: str, kwargs: bytes) -> bytes:
-        """Create an env; return its handle and its description (spaces, metadata, spec)."""
+    def make(self, env_id: str, kwargs: bytes, wrappers: bytes | None = None) -> bytes:
+        """Create an env (with ``wrappers`` around it, codec bytes of ``[[entry_point, kwargs],
+        ...]``); return its handle and its description (spaces, metadata, spec)."""
 
         def make() -> dict[str, Any]:
             if not isinstance(env_id, str) or not isinstance(kwargs, bytes):
@@ -50,12 +53,24 @@ class RemoteRunnerServer:
             env_kwargs = codec.loads(kwargs)
             if not isinstance(env_kwargs, dict) or not all(isinstance(k, str) for k in env_kwargs):
                 raise ProtocolError("env kwargs must be a dict with str keys")
+            wrapper_list = _wrappers(wrappers)
             try:
-                env = create_env(env_id, env_kwargs)
-                description = describe_env(env)
+                env = create_env(env_id, env_kwargs, wrapper_list)
+            except EnvCreationError as exc:
+                raise EnvCreationError(f"could not create {env_id!r} in the container: {exc}") from exc
             except Exception as exc:
                 raise EnvCreationError(
                     f"could not create {env_id!r} in the container: {type(exc).__name__}: {exc}"
+                ) from exc
+            try:
+                description = describe_env(env)
+            except Exception as exc:
+                with contextlib.suppress(Exception):
+                    env.close()
+                raise EnvCreationError(
+                    f"{env_id!r} was created in the container, but cannot be mirrored on the host: {exc}; "
+                    "convert that space and its values to gymnasium spaces and plain data with a "
+                    "wrapper (wrappers=[('module:Wrapper', {...})])"
                 ) from exc
             with self.lock:
                 handle = self.next_id
@@ -64,6 +79,19 @@ class RemoteRunnerServer:
             return {"handle": handle, "description": description}
 
         return self._reply(make)
+
+    @Pyro5.server.expose
+    def imports(self, modules: bytes) -> bytes:
+        """Import the modules (codec bytes of ``[name, ...]``), in order; return the seconds
+        each took."""
+
+        def run() -> dict[str, float]:
+            names = codec.loads(modules) if isinstance(modules, bytes) else None
+            if not isinstance(names, list):
+                raise ProtocolError("imports expects codec bytes of a list of module names")
+            return import_modules(names)
+
+        return self._reply(run)
 
     @Pyro5.server.expose
     def close_env(self, handle: int) -> bytes:
@@ -76,6 +104,20 @@ class RemoteRunnerServer:
                 env.close()
 
         return self._reply(close)
+
+    @Pyro5.server.expose
+    def call(self, handle: int, path: str, arguments: bytes | None = None) -> bytes:
+        """Read the attribute ``path`` of an env (``arguments`` None) or call it with ``arguments``
+        (codec bytes of ``[args, kwargs]``), under the env's lock (see :mod:`.attributes`)."""
+        with self.lock:
+            served = self.envs.get(handle) if type(handle) is int else None
+        if served is None:
+            gone = RuntimeError(f"no env {handle!r:.20} in the container: it was closed; make a new one")
+            return codec.dumps(error_reply(gone))
+        with served.lock:
+            if served.closed:
+                return codec.dumps(error_reply(RuntimeError("the environment is closed")))
+            return attributes.call(served.env, path, arguments)
 
     @Pyro5.server.expose
     def experiment(self, request: bytes) -> bytes:
@@ -92,6 +134,23 @@ class RemoteRunnerServer:
                 env.close()
             except Exception:  # closing at exit: report, go on with the others
                 traceback.print_exc()
+
+
+def _wrappers(data: bytes | None) -> list[tuple[str, dict[str, Any]]]:
+    """The wrappers of a make request: ``[[entry_point, kwargs], ...]`` as codec bytes."""
+    if data is None:
+        return []
+    items = codec.loads(data) if isinstance(data, bytes) else None
+    if not isinstance(items, list) or not all(
+        isinstance(item, list)
+        and len(item) == 2
+        and isinstance(item[0], str)
+        and isinstance(item[1], dict)
+        and all(isinstance(k, str) for k in item[1])
+        for item in items
+    ):
+        raise ProtocolError("wrappers must be codec bytes of [[entry_point, kwargs], ...]")
+    return [(entry_point, kwargs) for entry_point, kwargs in items]
 
 
 def server_info() -> dict[str, Any]:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import inspect
+import sys
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
-from ..errors import InvalidAction, ProtocolError
+from ..errors import EnvCreationError, InvalidAction, ProtocolError
 from ..protocol import codec
 from ..protocol import spaces as space_codec
 from ..protocol.ops import CLOSE, OK, RENDER, RESET, STEP, error_reply
@@ -45,16 +49,185 @@ def check_action(space: gym.Space, action: Any) -> None:
     raise InvalidAction(f"action {action!r:.100} is not an element of the action space {space}")
 
 
-def create_env(env_id: str, kwargs: dict[str, Any]) -> gym.Env:
-    """Create an env from a gymnasium id (``"CartPole-v1"``, ``"pkg.module:Env-v0"``) or an
-    entry point ``"pkg.module:EnvClass"``; ``kwargs`` go to its constructor."""
+#: Where well-known env ids come from: an id that starts with one of these (a namespace
+#: such as ``"ALE/"`` or the start of a name such as ``"MiniGrid-"``) is registered by
+#: importing the package beside it. gymnasium 1.x loads no plugins, so :func:`make_env`
+#: imports it when gymnasium does not know the id yet, before giving up.
+KNOWN_PACKAGES: tuple[tuple[str, str], ...] = (
+    ("ALE/", "ale_py"),
+    ("MiniGrid-", "minigrid"),
+    ("BabyAI-", "minigrid"),
+    ("MiniWorld-", "miniworld"),
+    *(
+        (f"{name}-v", "dacbench")
+        for name in ("FunctionApproximation", "Luby", "Theory", "ToySGD", "CMAES", "SGD", "DACBO")
+    ),
+    *(
+        (f"{name}-v", "highway_env")
+        for name in ("highway", "highway-fast", "merge", "roundabout", "parking", "intersection", "racetrack")
+    ),
+    *((name, "gymnasium_robotics") for name in ("Fetch", "HandManipulate", "HandReach", "AdroitHand")),
+    *((name, "gymnasium_robotics") for name in ("PointMaze_", "AntMaze_", "FrankaKitchen-")),
+    ("Panda", "panda_gym"),
+    ("Safety", "safety_gymnasium"),
+    ("mo-", "mo_gymnasium"),
+    ("FlappyBird-", "flappy_bird_gymnasium"),
+    ("dm_control/", "shimmy"),
+)
+
+
+def known_package(env_id: str) -> str | None:
+    """The package of :data:`KNOWN_PACKAGES` that registers ``env_id``, if any."""
+    for prefix, package in KNOWN_PACKAGES:
+        if env_id.startswith(prefix):
+            return package
+    return None
+
+
+def create_env(
+    env_id: str, kwargs: dict[str, Any], wrappers: Sequence[tuple[str, dict[str, Any]]] = ()
+) -> gym.Env:
+    """:func:`make_env`, then each of ``wrappers`` (``("module:Wrapper", kwargs)``) around it,
+    in order, as ``Wrapper(env, **kwargs)``."""
+    env = make_env(env_id, kwargs)
+    try:
+        for entry_point, wrapper_kwargs in wrappers:
+            env = wrap(env, entry_point, wrapper_kwargs)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            env.close()
+        raise
+    return env
+
+
+def make_env(env_id: str, kwargs: dict[str, Any]) -> gym.Env:
+    """Create an env from a gymnasium id (``"CartPole-v1"``, ``"ALE/Breakout-v5"``,
+    ``"pkg.module:Env-v0"``), an env class ``"module:Class"``, or a function that returns an
+    env ``"module:factory"`` (or a benchmark's method ``"module:Class.method"``, called on
+    ``Class()``); ``kwargs`` go to the constructor or function.
+
+    An id gymnasium does not know is retried after importing its package, when
+    :data:`KNOWN_PACKAGES` names one that is not imported yet.
+
+    Raises:
+        EnvCreationError: a ``module:callable`` that returned no env, or an id that is
+            neither an attribute of its module nor registered.
+    """
     module_name, sep, attr = env_id.partition(":")
-    if sep:
-        module = importlib.import_module(module_name)
-        factory = getattr(module, attr, None)
-        if isinstance(factory, type) and issubclass(factory, gym.Env):
-            return factory(**kwargs)
+    if sep and _is_attribute_path(attr):
+        maker = resolve(module_name, attr)
+        if maker is not None:
+            return _call_maker(env_id, maker, kwargs)
+    try:
+        return gym.make(env_id, **kwargs)
+    except gym.error.UnregisteredEnv as exc:
+        if sep:
+            if _is_attribute_path(attr):
+                raise EnvCreationError(
+                    f"module {module_name!r} has no attribute {attr!r}, and no env {attr!r} is "
+                    f"registered after importing it ({type(exc).__name__}: {exc})"
+                ) from exc
+            raise
+        package = known_package(env_id)
+        if package is None or package in sys.modules:
+            raise
+        try:
+            importlib.import_module(package)
+        except ImportError as import_error:
+            raise EnvCreationError(
+                f"{env_id!r} is not registered; ids like it come from {package!r}, which cannot be "
+                f"imported in the image ({type(import_error).__name__}: {import_error}): install it in "
+                "the image, or import the package that registers this id"
+            ) from exc
     return gym.make(env_id, **kwargs)
+
+
+def wrap(env: gym.Env, entry_point: str, kwargs: dict[str, Any]) -> gym.Env:
+    """``Wrapper(env, **kwargs)`` for the wrapper named ``"module:Wrapper"``."""
+    module_name, sep, attr = entry_point.partition(":")
+    if not (sep and _is_attribute_path(attr)):
+        raise EnvCreationError(
+            f"wrapper {entry_point!r}: name a wrapper as 'module:Wrapper' "
+            "(e.g. 'gymnasium.wrappers:FrameStackObservation')"
+        )
+    wrapper = resolve(module_name, attr)
+    if wrapper is None or not callable(wrapper):
+        raise EnvCreationError(f"wrapper {entry_point!r}: module {module_name!r} has no callable {attr!r}")
+    wrapped = wrapper(env, **kwargs)
+    if not isinstance(wrapped, gym.Env):
+        raise EnvCreationError(
+            f"wrapper {entry_point!r} returned a {_qualname(wrapped)}, not a gymnasium.Env"
+        )
+    return wrapped
+
+
+def resolve(module_name: str, path: str) -> Any:
+    """The attribute ``path`` (``"Name"`` or ``"Class.method"``) of the module, imported;
+    None if it has no such attribute. A method defined on a class (not a class or static
+    method) is returned bound to a new instance, ``Class()``."""
+    target: Any = importlib.import_module(module_name)
+    owner: Any = None
+    name = ""
+    for name in path.split("."):
+        owner, target = target, getattr(target, name, _MISSING)
+        if target is _MISSING:
+            return None
+    if isinstance(owner, type) and inspect.isfunction(inspect.getattr_static(owner, name)):
+        return getattr(owner(), name)
+    return target
+
+
+def _call_maker(env_id: str, maker: Any, kwargs: dict[str, Any]) -> gym.Env:
+    """``maker(**kwargs)``: an env class, or a callable that must return an env."""
+    if isinstance(maker, type) and issubclass(maker, gym.Env):
+        return maker(**kwargs)
+    if not callable(maker):
+        raise EnvCreationError(
+            f"{env_id!r} is a {_qualname(maker)}: name a gymnasium.Env class or a function that returns one"
+        )
+    env = maker(**kwargs)
+    if not isinstance(env, gym.Env):
+        hint = ""
+        if isinstance(maker, type):
+            hint = f" (for a benchmark class, name the method that makes its env: '{env_id}.<method>')"
+        raise EnvCreationError(f"{env_id!r} returned a {_qualname(env)}, not a gymnasium.Env{hint}")
+    return env
+
+
+def import_modules(modules: list[str]) -> dict[str, float]:
+    """Import the modules the user named (a runner's ``imports=`` and ``preload=``), in
+    order; the seconds each took.
+
+    Raises:
+        EnvCreationError: a name that is not a module path, or an import that failed.
+    """
+    took = {}
+    for name in modules:
+        if not (isinstance(name, str) and _is_attribute_path(name)):
+            raise EnvCreationError(f"{name!r:.80} is not a module name (e.g. 'ale_py')")
+        start = time.perf_counter()
+        try:
+            importlib.import_module(name)
+        except Exception as exc:
+            raise EnvCreationError(
+                f"could not import {name!r} in the container: {type(exc).__name__}: {exc}; check the "
+                "module name and that the image has its package"
+            ) from exc
+        took[name] = time.perf_counter() - start
+    return took
+
+
+def _is_attribute_path(text: str) -> bool:
+    """``"Name"`` or ``"Class.method"``: Python identifiers joined by dots."""
+    return all(part.isidentifier() for part in text.split("."))
+
+
+def _qualname(value: Any) -> str:
+    cls = type(value)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+_MISSING: Any = object()
 
 
 def describe_env(env: gym.Env) -> dict[str, Any]:
@@ -79,8 +252,8 @@ def describe_env(env: gym.Env) -> dict[str, Any]:
             continue  # a value only meaningful in the container (a function, a class)
         metadata[key] = value
     return {
-        "observation_space": space_codec.describe(env.observation_space),
-        "action_space": space_codec.describe(env.action_space),
+        "observation_space": space_codec.describe(env.observation_space, "observation_space"),
+        "action_space": space_codec.describe(env.action_space, "action_space"),
         "metadata": metadata,
         "render_mode": env.render_mode,
         "spec": spec_fields,

@@ -167,3 +167,83 @@ class SlowEnv(gym.Env):
     def step(self, action):
         time.sleep(self.seconds)
         return np.zeros(3, np.float32), 0.0, False, False, {}
+
+
+class TypeErrorEnv(gym.Env):
+    """A buggy env: ``step`` raises its own TypeError (it adds a str to a number); ``reset`` works."""
+
+    observation_space = spaces.Box(0.0, 1.0, (1,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        self.position = 0
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        self.position = self.position + "1"  # the bug: TypeError, raised by the env itself
+        return np.zeros(1, np.float32), 0.0, False, False, {}
+
+
+def make_echo(nbytes: int = 8, max_steps: int = 5) -> gym.Env:
+    """A factory function ("testenvs:make_echo"): an EchoEnv that ends after ``max_steps``."""
+    return gym.wrappers.TimeLimit(EchoEnv(nbytes), max_episode_steps=max_steps)
+
+
+def make_slowly(seconds: float = 3.0) -> gym.Env:
+    """A factory that takes ``seconds`` (as an env package that imports for seconds)."""
+    time.sleep(seconds)
+    return EchoEnv(4)
+
+
+def make_nothing(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Broken on purpose: a "factory" (or wrapper) that returns no env."""
+    return {"not": "an env", **kwargs}
+
+
+class EchoBenchmark:
+    """A benchmark class as DACBench has them: ``"testenvs:EchoBenchmark.get_environment"``."""
+
+    def __init__(self) -> None:
+        self.nbytes = 6
+
+    def get_environment(self, nbytes: int | None = None) -> gym.Env:
+        return EchoEnv(nbytes or self.nbytes)
+
+
+class LegacySpace:
+    """Not a gymnasium space (as the spaces of an env written for the old gym package)."""
+
+    shape = (1,)
+
+
+class LegacySpaceEnv(gym.Env):
+    """Broken on purpose: one of its observation spaces is no gymnasium space."""
+
+    def __init__(self) -> None:
+        self.observation_space = spaces.Dict({"pos": spaces.Box(0.0, 1.0, (2,), np.float32)})
+        self.observation_space.spaces["legacy"] = LegacySpace()  # type: ignore[assignment]
+        self.action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        return {"pos": np.zeros(2, np.float32), "legacy": 0}, {}
+
+    def step(self, action):
+        return {"pos": np.zeros(2, np.float32), "legacy": 0}, 0.0, False, False, {}
+
+
+class AtariGray84(gym.ObservationWrapper):
+    """An Atari env's screen in grey, sampled down to 84×84 (numpy only: what
+    ``AtariPreprocessing`` does without OpenCV); it reads the emulator, an internal of the env."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.observation_space = spaces.Box(0, 255, (84, 84), np.uint8)
+        height, width = env.observation_space.shape[:2]
+        self.rows = np.linspace(0, height - 1, 84).round().astype(np.intp)
+        self.cols = np.linspace(0, width - 1, 84).round().astype(np.intp)
+
+    def observation(self, observation: Any) -> np.ndarray:
+        screen = self.env.unwrapped.ale.getScreenGrayscale()
+        return np.ascontiguousarray(screen[np.ix_(self.rows, self.cols)])

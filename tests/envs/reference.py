@@ -22,7 +22,12 @@ import numpy as np
 
 
 def _canonical(value: Any, out: list[str]) -> None:
-    if isinstance(value, np.ndarray):
+    if isinstance(value, np.ndarray) and value.dtype.hasobject:  # by element, not by pointer
+        out.append(f"nd-object:{value.shape}[")
+        for item in value.ravel():
+            _canonical(item, out)
+        out.append("]")
+    elif isinstance(value, np.ndarray):
         out.append(
             f"nd:{value.dtype.str}:{value.shape}:{hashlib.sha256(np.ascontiguousarray(value)).hexdigest()}"
         )
@@ -109,21 +114,54 @@ def vector_rollout(envs: Any, seed: int, steps: int, actions: list[Any] | None =
     return {"actions": taken, "prints": prints}
 
 
+def wrapped(env: Any, wrappers: list[list[Any]]) -> Any:
+    """``env`` inside each of ``wrappers`` (``[["module:Wrapper", kwargs], ...]``), in order."""
+    for entry_point, kwargs in wrappers:
+        module, _, name = entry_point.partition(":")
+        env = getattr(importlib.import_module(module), name)(env, **kwargs)
+    return env
+
+
+def checked(env: Any, render_check: bool = True) -> str:
+    """What gymnasium's check_env says of ``env``: "passed", or its error's type and message."""
+    import warnings
+
+    from gymnasium.utils.env_checker import check_env
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            check_env(env, skip_render_check=env.render_mode is None or not render_check)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    finally:
+        env.close()
+    return "passed"
+
+
 def main(request: dict[str, Any]) -> dict[str, Any]:
     """The reference for ``request``: ``env_id``, ``kwargs``, ``imports``, ``seed``, ``steps``,
-    and ``vector`` (a number of envs in a SyncVectorEnv) or not."""
+    ``wrappers`` (``[["module:Wrapper", kwargs], ...]`` around the env, in order; default
+    none), and ``vector`` (a number of envs in a SyncVectorEnv) or ``check_env`` (what
+    gymnasium's checker says of the env) or neither (a rollout)."""
     import gymnasium as gym
 
     for module in request.get("imports", []):
         importlib.import_module(module)
     seed, steps, kwargs = request.get("seed", 0), request.get("steps", 50), request.get("kwargs", {})
+    wrappers = request.get("wrappers", [])
+    if request.get("check_env"):
+        env = wrapped(gym.make(request["env_id"], **kwargs), wrappers)
+        return {"check_env": checked(env, request.get("render_check", True))}
     if request.get("vector"):
-        envs = gym.vector.SyncVectorEnv([lambda: gym.make(request["env_id"], **kwargs)] * request["vector"])
+        envs = gym.vector.SyncVectorEnv(
+            [lambda: wrapped(gym.make(request["env_id"], **kwargs), wrappers)] * request["vector"]
+        )
         try:
             return vector_rollout(envs, seed, steps)
         finally:
             envs.close()
-    env = gym.make(request["env_id"], **kwargs)
+    env = wrapped(gym.make(request["env_id"], **kwargs), wrappers)
     try:
         return rollout(env, seed, steps)
     finally:

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from . import experiments, images
     from .check import CheckResult, check_image
     from .client import RemoteEnvironmentClient
+    from .images.inspect import ImageReport, inspect_image
     from .images.sources import Image, resolve_image
     from .manager import ContainerManager, ContainerStatus, State
     from .manager.allocator import ResourceAllocator
@@ -77,6 +78,8 @@ _LAZY = {
     "register": "registration",
     "resolve_image": "images.sources",
     "Image": "images.sources",
+    "inspect_image": "images.inspect",
+    "ImageReport": "images.inspect",
     "ContainerManager": "manager",
     "ContainerStatus": "manager",
     "State": "manager",
@@ -114,6 +117,8 @@ __all__ = [
     "register",
     "resolve_image",
     "Image",
+    "inspect_image",
+    "ImageReport",
     "ContainerManager",
     "ContainerStatus",
     "State",

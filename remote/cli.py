@@ -143,19 +143,48 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from .images.sources import resolve_image
+    import warnings
+
     from .progress import Progress
 
-    recipe = Path(args.recipe)
-    if recipe.suffix != ".def" or not recipe.is_file():
-        raise ValueError(f"{args.recipe!r} is not a recipe file (RECIPE.def)")
-    build_args = _key_values(args.build_arg, "--build-arg", json_values=False)
-    with Progress(f"building {recipe.name}"):
-        image = resolve_image(recipe, build_args=build_args)
-    path = image.path
-    if args.out:
-        shutil.copyfile(image.path, args.out)
-        path = os.path.abspath(args.out)
+    out, recipe = args.output or args.out, args.recipe
+    if args.base is not None and recipe is not None and out is None:
+        out, recipe = recipe, None  # remote build --from BASE OUT.sif --pip ...
+    if args.output and args.out and args.output != args.out:
+        raise ValueError(f"two outputs: {args.out!r} and -o {args.output!r}")
+    if (args.pip or args.apt or args.files) and args.base is None:
+        raise ValueError("--pip, --apt and --files add to a base: give it with --from BASE")
+    if args.base is not None:
+        from .images.build import build_derived
+
+        if recipe is not None:
+            raise ValueError(f"build either {recipe!r} or --from {args.base!r}, not both")
+        with Progress(f"building from {Path(args.base).name}"):
+            image = build_derived(args.base, pip=args.pip, apt=args.apt, files=args.files, out=out)
+    elif recipe is None:
+        raise ValueError("say what to build: RECIPE.def, a Dockerfile, or --from BASE --pip PKG ...")
+    elif Path(recipe).suffix != ".def" and Path(recipe).is_file():  # a Dockerfile
+        from .images.dockerfile import build_dockerfile
+
+        build_args = _key_values(args.build_arg, "--build-arg", json_values=False)
+        with warnings.catch_warnings():  # what the conversion leaves out, said before the build
+            warnings.simplefilter("always", UserWarning)
+            warnings.showwarning = lambda message, *_, **__: print(
+                f"remote: warning: {message}", file=sys.stderr
+            )
+            with Progress(f"building {Path(recipe).name}"):
+                image = build_dockerfile(recipe, out=out, context=args.context, build_args=build_args)
+    else:
+        from .images.sources import resolve_image
+
+        if not Path(recipe).is_file():
+            raise ValueError(f"{recipe!r} is not a recipe file (RECIPE.def) or a Dockerfile")
+        build_args = _key_values(args.build_arg, "--build-arg", json_values=False)
+        with Progress(f"building {Path(recipe).name}"):
+            image = resolve_image(recipe, build_args=build_args)
+        if out:
+            shutil.copyfile(image.path, out)
+    path = os.path.abspath(out) if out else image.path
     if args.json:
         _print_json({"path": path, "sha256": image.sha256, "cached": image.path})
     else:
@@ -395,6 +424,79 @@ def cmd_check(args: argparse.Namespace) -> int:
     return OK if passed else FAILED
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .images.inspect import inspect_image
+
+    report = inspect_image(args.image, imports=args.imports, sha256=args.sha256, **_runner_options(args))
+    if args.json:
+        _print_json(report.to_dict())
+        return OK
+    for line in _report_lines(report, args.ids, shutil.get_terminal_size((100, 24)).columns):
+        print(line)
+    return OK
+
+
+def _report_lines(report: Any, all_ids: bool, width: int) -> list[str]:
+    """``remote inspect``'s text: a header, then the ids by package (3 lines each unless ``all_ids``)."""
+    import textwrap
+
+    server = "import remote.server works" if report.server_error is None else f"fails: {report.server_error}"
+    header = [
+        ("image", report.image),
+        ("sha256", report.sha256 or "-"),
+        ("size", _size(report.size)),
+        ("python", report.python),
+        ("numpy", report.numpy or f"missing ({report.errors.get('numpy', '')})"),
+        ("gymnasium", report.gymnasium or f"missing ({report.errors.get('gymnasium', '')})"),
+        ("codec", f"msgpack {report.msgpack or '-'} (the {report.msgpack_from}'s), {report.codec}"),
+        ("server", server),
+    ]
+    # Apptainer's own org.label-schema.* labels (arch, deffile, ...) only in --json, but the build date
+    date = report.labels.get("org.label-schema.build-date")
+    labels = [f"built: {date}"] if date else []
+    labels += [f"{k}: {v}" for k, v in report.labels.items() if not k.startswith("org.label-schema.")]
+    hidden = sum(1 for k in report.labels if k.startswith("org.label-schema.")) - bool(date)
+    labels += [f"(and {hidden} org.label-schema.* labels: --json)"] if hidden else []
+    header += [("labels" if i == 0 else "", label) for i, label in enumerate(labels)]
+    lines = [f"{name:<10} {value}" for name, value in header]
+    lines = [line if len(line) <= max(width, 60) else line[: max(width, 60) - 4] + " ..." for line in lines]
+    groups = [g for g in report.packages if g.ids or g.error]
+    lines += ["", f"env ids: {len(report.ids)}, from {sum(1 for g in groups if g.ids)} package(s)"]
+    for group in groups:
+        title = f"{group.package} {group.version or ''}".rstrip()
+        if group.error:
+            lines.append(f"{title}: import failed: {group.error}")
+            continue
+        how = f", import {group.seconds:.2f} s" if group.imported else ""
+        lines.append(f"{title} ({len(group.ids)} ids{how})")
+        wrapped = textwrap.wrap("  ".join(group.ids), max(width - 4, 40), break_on_hyphens=False)
+        if not all_ids and len(wrapped) > 3:
+            shown = len(" ".join(wrapped[:3]).split())
+            wrapped = [*wrapped[:3], f"... and {len(group.ids) - shown} more (--ids lists all)"]
+        lines += [f"    {line}" for line in wrapped]
+    if report.absent:
+        lines += textwrap.wrap(f"not installed: {', '.join(report.absent)}", width, subsequent_indent="    ")
+    return lines
+
+
+def cmd_shell(args: argparse.Namespace) -> int:
+    import signal
+    import subprocess
+
+    from .images.inspect import shell_command
+
+    options = _runner_options(args)
+    argv = shell_command(
+        args.image, args.cmd, binds=options["binds"], env=options["env"], runtime=options["runtime"]
+    )
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: None)  # Ctrl-C is the shell's
+    try:
+        code = subprocess.call(argv)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return code if code >= 0 else 128 - code
+
+
 def cmd_bench(argv: list[str]) -> int:
     """``remote bench ARGS`` is ``python -m remote.bench ARGS``: every argument goes to it."""
     try:
@@ -455,6 +557,29 @@ def _add_runner_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--timeout", type=float, help="seconds any call may take (default 300)")
 
 
+def _add_shell_options(parser: argparse.ArgumentParser, runtimes: str) -> None:
+    """--runtime, --bind, --env, --pythonpath: what the container sees (as for the server)."""
+    group = parser.add_argument_group("container options")
+    group.add_argument("--runtime", help=runtimes)
+    group.add_argument(
+        "--bind",
+        action="append",
+        default=[],
+        metavar="SRC[:DEST[:ro|rw]]",
+        help="a host folder the container sees (repeatable)",
+    )
+    group.add_argument(
+        "--env", action="append", default=[], metavar="KEY=VALUE", help="a variable set in the container"
+    )
+    group.add_argument(
+        "--pythonpath",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a host folder bound read-only and put on PYTHONPATH (repeatable)",
+    )
+
+
 def _command(
     subparsers: Any, name: str, summary: str, handler: Callable[[argparse.Namespace], int], examples: str
 ) -> argparse.ArgumentParser:
@@ -504,19 +629,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(
         commands,
         "build",
-        "Build an image from a recipe into the cache",
+        "Build an image: a recipe, a Dockerfile, or a base plus packages",
         cmd_build,
         "  $ remote build recipes/gymnasium.def\n"
-        "  $ remote build recipes/minimal.def minimal.sif --build-arg BASE=gymnasium.sif",
+        "  $ remote build recipes/minimal.def minimal.sif --build-arg BASE=gymnasium.sif\n"
+        "  $ remote build --from gymnasium.sif --pip tabulate 'numpy<2' --apt libgl1 -o mine.sif\n"
+        "  $ remote build --from docker://python:3.11-slim --pip gymnasium --files envs:/opt/envs -o e.sif\n"
+        "  $ remote build Dockerfile -o mine.sif       (FROM a .sif, a .def or a registry image)\n\n"
+        "Rootless: as root a plain apptainer build, otherwise --fakeroot. pip in the build uses this\n"
+        "machine's pip settings (index, CA bundle, constraints), and this machine's pip when the base\n"
+        "has none; --apt uses this machine's Debian mirror. The same inputs are built once (cached).",
     )
-    p.add_argument("recipe", metavar="RECIPE.def")
+    p.add_argument("recipe", metavar="RECIPE.def|Dockerfile", nargs="?")
     p.add_argument("out", metavar="OUT", nargs="?", help="also copy the built image here")
+    p.add_argument("-o", "--output", metavar="OUT.sif", help="also copy the built image here")
+    p.add_argument(
+        "--from", dest="base", metavar="BASE", help="a .sif, .def, or docker://, oras://, library:// image"
+    )
+    for flag, what in (("--pip", "pip requirements"), ("--apt", "Debian/Ubuntu packages")):
+        p.add_argument(flag, nargs="+", action="extend", default=[], metavar="PKG", help=f"{what} to add")
+    p.add_argument(
+        "--files", nargs="+", action="extend", default=[], metavar="SRC:DEST", help="files to copy in"
+    )
+    p.add_argument("--context", metavar="DIR", help="a Dockerfile's build context (default: its folder)")
     p.add_argument(
         "--build-arg",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a {{ KEY }} of the recipe (repeatable)",
+        help="a {{ KEY }} of the recipe, or an ARG of the Dockerfile (repeatable)",
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -625,6 +766,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("env_id", metavar="ENV_ID", help="a registered id or 'module:Class'")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     _add_runner_options(p)
+
+    p = _command(
+        commands,
+        "inspect",
+        "Show what an image has: versions, codec, env ids",
+        cmd_inspect,
+        "  $ remote inspect envs.sif\n"
+        "  $ remote inspect envs.sif --ids --import my_envs --pythonpath ./src\n"
+        "  $ remote inspect envs.sif --json\n\n"
+        "One container run: Python, numpy, gymnasium and msgpack versions, the codec the server\n"
+        "would use (compiled or pure-python), and the env ids the image registers, grouped by\n"
+        "package: gymnasium's registry, then what importing each installed well-known package\n"
+        "(ale_py, minigrid, dacbench, ...) and each --import adds. Each package shows its first\n"
+        "3 lines of ids; --ids shows them all, --json everything.",
+    )
+    p.add_argument("image", metavar="IMAGE", help="a .sif, sandbox, URL, docker:// reference or recipe")
+    p.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="also import this module and list the ids it registers (repeatable)",
+    )
+    p.add_argument("--ids", action="store_true", help="list every id (default: 3 lines per package)")
+    p.add_argument("--sha256", help="the image's expected sha256")
+    p.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    _add_shell_options(p, "apptainer (default), singularity, process, podman or docker")
+    p.add_argument("--timeout", type=float, help="seconds the probe may take (default 300)")
+
+    p = _command(
+        commands,
+        "shell",
+        "A shell in an image, as the server sees it",
+        cmd_shell,
+        "  $ remote shell envs.sif\n"
+        "  $ remote shell envs.sif --pythonpath ./src -- python3 -c 'import my_envs'\n\n"
+        "apptainer shell (or exec of CMD, after --) with the server's binds, --cleanenv and\n"
+        "variables, the payload bound read-only and on PYTHONPATH (import remote.server works;\n"
+        "its dependencies come after your --pythonpath folders, before the image's own copies).\n"
+        "The exit status is the shell's or CMD's.",
+    )
+    p.usage = "remote shell [options] IMAGE [-- CMD [ARGS...]]"
+    p.add_argument("image", metavar="IMAGE", help="a .sif, sandbox, URL, docker:// reference or recipe")
+    cmd = p.add_argument("cmd", nargs="+", default=[], metavar="CMD", help="run this instead of a shell")
+    cmd.required = False  # '+', not '*': argparse then keeps 'IMAGE --env K=V -- CMD' apart
+    _add_shell_options(p, "apptainer (default) or singularity")
+    p.set_defaults(timeout=None)
 
     p = _command(
         commands,

@@ -39,7 +39,7 @@ from .images.payload import BOOTSTRAP, payload_dir
 from .images.sources import Image
 from .protocol import codec, ops, rundir
 from .protocol.channel import Channel
-from .runtime import Runtime, ServerProcess, get_runtime
+from .runtime import Bind, Runtime, ServerProcess, get_runtime
 from .runtime.processes import Owner
 
 #: Seconds a call may take before :class:`CallTimeout`; ``$REMOTE_TIMEOUT`` overrides it.
@@ -155,7 +155,7 @@ class RemoteRunner:
         #: Seconds a make (or the imports of ``imports``/``preload``) may take.
         self.make_timeout = float(start_timeout if make_timeout is None else make_timeout)
         #: The extra folders the container sees: (host path, container path, mode).
-        self.binds = [_parse_bind(b) for b in binds]
+        self.binds = [parse_bind(b) for b in binds]
         self._clients: set[RemoteEnvironmentClient] = set()
         self._lock = threading.RLock()
         self._closed = False
@@ -207,17 +207,9 @@ class RemoteRunner:
     def _command(self, python: str, env: Mapping[str, str] | None, name: str) -> list[str]:
         """The runtime's argv that runs the server of the payload on the run folder."""
         payload = str(payload_dir())
+        binds, variables = server_binds_env(payload, self.binds, env, run_dir=str(self.run_dir))
         return self._runtime.command(
-            self.image,
-            python,
-            ["-c", BOOTSTRAP, payload, str(self.run_dir)],
-            binds=[
-                (str(self.run_dir), str(self.run_dir), "rw"),
-                (payload, payload, "ro"),
-                *self.binds,
-            ],
-            env={"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", **(env or {})},
-            name=name,
+            self.image, python, ["-c", BOOTSTRAP, payload, str(self.run_dir)], binds, variables, name=name
         )
 
     def _start(self, argv: list[str], name: str) -> None:
@@ -790,7 +782,19 @@ def stale_run_dirs() -> list[Path]:
     return stale
 
 
-def _parse_bind(spec: str) -> tuple[str, str, str]:
+def server_binds_env(
+    payload: str, binds: Sequence[Bind] = (), env: Mapping[str, str] | None = None, run_dir: str | None = None
+) -> tuple[list[Bind], dict[str, str]]:
+    """The folders and variables the server's container gets: its run folder (read-write,
+    if any) and the ``payload`` folder (read-only), then ``binds``; PYTHONUNBUFFERED and
+    PYTHONDONTWRITEBYTECODE, then ``env``. ``remote shell`` and ``remote inspect`` use it too."""
+    mounts: list[Bind] = [(run_dir, run_dir, "rw")] if run_dir is not None else []
+    mounts += [(payload, payload, "ro"), *binds]
+    return mounts, {"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", **(env or {})}
+
+
+def parse_bind(spec: str) -> Bind:
+    """``"src"``, ``"src:dest"`` or ``"src:dest:ro|rw"`` as (absolute src, dest, mode)."""
     parts = spec.split(":")
     if not 1 <= len(parts) <= 3 or parts[-1] == "":
         raise ValueError(f"bind {spec!r}: expected 'src', 'src:dest' or 'src:dest:ro|rw'")

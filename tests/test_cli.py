@@ -30,7 +30,20 @@ from remote.runtime.processes import Owner
 ROOT = Path(__file__).resolve().parent.parent
 TEST_ENVS = ROOT / "tests" / "envs"
 IN_CI = os.environ.get("CI", "").lower() == "true"
-COMMANDS = ["pull", "build", "images", "run", "ps", "stop", "kill", "gc", "check", "bench"]
+COMMANDS = [
+    "pull",
+    "build",
+    "images",
+    "inspect",
+    "shell",
+    "run",
+    "ps",
+    "stop",
+    "kill",
+    "gc",
+    "check",
+    "bench",
+]
 
 
 @pytest.fixture

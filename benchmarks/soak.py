@@ -56,7 +56,7 @@ def run_dirs() -> set[str]:
 
 def kill_and_detect(env: remote.RemoteEnvironmentClient) -> float:
     """kill -9 the container under ``env``; return seconds until ContainerDied surfaced."""
-    os.kill(env.runner._process.pid, signal.SIGKILL)
+    os.kill(env.runner.pid, signal.SIGKILL)
     started = time.monotonic()
     try:
         while True:

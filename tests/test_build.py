@@ -357,11 +357,8 @@ def check_image(image: Path, cwd: Path) -> None:
     for value in build.host_pip_settings().values():  # the index, CA bundle... stayed outside
         if "/" in value:
             assert value not in recipe
-    if (ROOT / "remote" / "images" / "inspect.py").is_file() and "inspect" in remote_cli(
-        "--help", cwd=cwd
-    ).stdout:
-        shown = remote_cli("inspect", str(image), "--ids", cwd=cwd)
-        assert shown.returncode == 0 and "CartPole-v1" in shown.stdout, shown.stderr[-2000:]
+    shown = remote_cli("inspect", str(image), "--ids", cwd=cwd)
+    assert shown.returncode == 0 and "CartPole-v1" in shown.stdout, shown.stderr[-2000:]
 
 
 def test_build_from_a_base_with_pip_as_an_unprivileged_user(minimal_image, workdir):

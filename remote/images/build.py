@@ -126,9 +126,14 @@ def _section(text: str, name: str) -> list[str]:
     return lines
 
 
-def produce(source: str, name: str, make: Callable[[Path], None]) -> cache.CachedImage:
+def produce(
+    source: str,
+    name: str,
+    make: Callable[[Path], None],
+    check: Callable[[str], None] | None = None,
+) -> cache.CachedImage:
     """The cached image for ``source``, made once by ``make(output_path)`` under its lock and
-    stored by its sha256 (as ``resolve_image`` does for recipes and pulls)."""
+    stored by its sha256; ``check(sha256)`` may refuse a new one before it is stored."""
     entry = cache.lookup(source)
     if entry is None:
         with cache.image_lock(source):
@@ -140,6 +145,8 @@ def produce(source: str, name: str, make: Callable[[Path], None]) -> cache.Cache
                 try:
                     make(tmp)
                     digest = cache.sha256_file(tmp)
+                    if check is not None:
+                        check(digest)
                     cache.publish(tmp, cache.image_path(digest))
                 finally:
                     tmp.unlink(missing_ok=True)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from pathlib import Path
 from ..config import apptainer_executable
 from ..errors import CacheError, ChecksumMismatch, ImageNotFound, ImagePullError
 from . import cache
-from .build import build_command, recipe_key, run_apptainer
+from .build import build_command, produce, recipe_key, run_apptainer
 from .download import download, normalize_sha256, published_sha256, split_checksum
 
 #: Sources that ``apptainer pull`` understands.
@@ -133,26 +132,10 @@ def _resolve_pull(text: str, expected: str | None) -> Image:
 
 
 def _produce(source: str, name: str, expected: str | None, make: Callable[[Path], None]) -> Image:
-    """The cached image for ``source``, made once by ``make(output_path)`` under its lock."""
-    entry = cache.lookup(source)
-    if entry is None:
-        with cache.image_lock(source):
-            entry = cache.lookup(source)
-            if entry is None:
-                fd, tmp_name = tempfile.mkstemp(prefix=".make-", suffix=".sif", dir=cache.staging_dir())
-                os.close(fd)
-                tmp = Path(tmp_name)
-                try:
-                    make(tmp)
-                    digest = cache.sha256_file(tmp)
-                    _check(source, digest, expected)
-                    cache.publish(tmp, cache.image_path(digest))
-                finally:
-                    tmp.unlink(missing_ok=True)
-                entry = cache.record(source, name, digest)  # under the lock: the waiters find it
-                return Image(entry.path, digest, source)
+    """The cached image for ``source``, made once by ``make(output_path)``; an image whose
+    sha256 is not ``expected`` is refused (a new one before it is stored)."""
+    entry = produce(source, name, make, check=lambda digest: _check(source, digest, expected))
     _check(source, entry.sha256, expected)
-    _note_use(source, name, entry.sha256)
     return Image(entry.path, entry.sha256, source)
 
 

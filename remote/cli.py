@@ -523,9 +523,15 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         super().__init__(prog, max_help_position=30)
 
 
-def _add_runner_options(parser: argparse.ArgumentParser) -> None:
+def _add_container_options(
+    parser: argparse.ArgumentParser,
+    runtimes: str = "apptainer (default), process, podman or docker",
+    env_options: bool = True,
+) -> None:
+    """--runtime, --bind, --env, --pythonpath: what the container sees (as for the server);
+    with ``env_options`` also --env-arg and --timeout, for the commands that make an env."""
     group = parser.add_argument_group("container options")
-    group.add_argument("--runtime", help="apptainer (default), process, podman or docker")
+    group.add_argument("--runtime", help=runtimes)
     group.add_argument(
         "--bind",
         action="append",
@@ -547,6 +553,8 @@ def _add_runner_options(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="a host folder bound read-only and put on PYTHONPATH (repeatable)",
     )
+    if not env_options:
+        return
     group.add_argument(
         "--env-arg",
         action="append",
@@ -555,29 +563,6 @@ def _add_runner_options(parser: argparse.ArgumentParser) -> None:
         help="a keyword argument for the env (JSON value, or a string; repeatable)",
     )
     group.add_argument("--timeout", type=float, help="seconds any call may take (default 300)")
-
-
-def _add_shell_options(parser: argparse.ArgumentParser, runtimes: str) -> None:
-    """--runtime, --bind, --env, --pythonpath: what the container sees (as for the server)."""
-    group = parser.add_argument_group("container options")
-    group.add_argument("--runtime", help=runtimes)
-    group.add_argument(
-        "--bind",
-        action="append",
-        default=[],
-        metavar="SRC[:DEST[:ro|rw]]",
-        help="a host folder the container sees (repeatable)",
-    )
-    group.add_argument(
-        "--env", action="append", default=[], metavar="KEY=VALUE", help="a variable set in the container"
-    )
-    group.add_argument(
-        "--pythonpath",
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="a host folder bound read-only and put on PYTHONPATH (repeatable)",
-    )
 
 
 def _command(
@@ -713,7 +698,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus", type=float, default=0, help="CPUs to reserve and limit to (default: no limit)")
     p.add_argument("--memory", default="0", help="memory limit, e.g. 2G (default: none)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    _add_runner_options(p)
+    _add_container_options(p)
 
     p = _command(
         commands,
@@ -765,7 +750,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("env_id", metavar="ENV_ID", help="a registered id or 'module:Class'")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
-    _add_runner_options(p)
+    _add_container_options(p)
 
     p = _command(
         commands,
@@ -793,7 +778,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ids", action="store_true", help="list every id (default: 3 lines per package)")
     p.add_argument("--sha256", help="the image's expected sha256")
     p.add_argument("--json", action="store_true", help="print the whole report as JSON")
-    _add_shell_options(p, "apptainer (default), singularity, process, podman or docker")
+    _add_container_options(p, "apptainer (default), singularity, process, podman or docker", False)
     p.add_argument("--timeout", type=float, help="seconds the probe may take (default 300)")
 
     p = _command(
@@ -812,7 +797,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", metavar="IMAGE", help="a .sif, sandbox, URL, docker:// reference or recipe")
     cmd = p.add_argument("cmd", nargs="+", default=[], metavar="CMD", help="run this instead of a shell")
     cmd.required = False  # '+', not '*': argparse then keeps 'IMAGE --env K=V -- CMD' apart
-    _add_shell_options(p, "apptainer (default) or singularity")
+    _add_container_options(p, "apptainer (default) or singularity", False)
     p.set_defaults(timeout=None)
 
     p = _command(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -95,3 +96,26 @@ def container_exists(runner) -> bool:
         if not out.stdout.strip() or time.monotonic() > deadline:
             return bool(out.stdout.strip())
         time.sleep(0.1)
+
+
+def image_reference(image: str, request: dict) -> dict:
+    """``request`` run by the image's own Python, without remote (tests/envs/reference.py)."""
+    script = Path(__file__).resolve().parent / "envs" / "reference.py"
+    done = subprocess.run(
+        [
+            "apptainer",
+            "exec",
+            "--cleanenv",
+            image,
+            "python3",
+            "-W",
+            "ignore",
+            str(script),
+            json.dumps(request),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])

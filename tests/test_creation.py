@@ -7,16 +7,15 @@ functions, wrappers made in the container, and a make that may import for second
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 
 import gymnasium as gym
 import numpy as np
 import pytest
-from conftest import TEST_ENVS
 from envs.reference import rollout
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
+from helpers import image_reference
 
 import remote
 from remote.protocol.spaces import RemoteSpace
@@ -27,19 +26,6 @@ ATARI_PREPROCESSING = [
     ("gymnasium.wrappers:AtariPreprocessing", {"frame_skip": 1}),
     ("gymnasium.wrappers:FrameStackObservation", {"stack_size": 4}),
 ]
-
-
-def reference(image: str, request: dict) -> dict:
-    """``request`` stepped by the image's own Python, without remote (tests/envs/reference.py)."""
-    done = subprocess.run(
-        ["apptainer", "exec", "--cleanenv", image, "python3", "-W", "ignore"]
-        + [str(TEST_ENVS / "reference.py"), json.dumps(request)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def has_module(image: str, module: str) -> bool:
@@ -193,7 +179,7 @@ def test_server_side_wrappers_equal_the_same_wrappers_in_the_image(envs_image, t
     assert has_module(envs_image, "cv2"), "envs.sif has no OpenCV: rebuild it from recipes/envs.def"
     steps = 40
     request = {"env_id": "ALE/Breakout-v5", "imports": ["ale_py"], "seed": 0, "steps": steps}
-    expected = reference(envs_image, {**request, "wrappers": [list(w) for w in wrappers]})
+    expected = image_reference(envs_image, {**request, "wrappers": [list(w) for w in wrappers]})
     with remote.make(
         "ALE/Breakout-v5", image=envs_image, wrappers=wrappers, runner_options=test_env_options
     ) as env:

@@ -19,16 +19,14 @@ FunctionApproximation, whose every reset moves on to its next instance, seeding)
 from __future__ import annotations
 
 import importlib.util
-import json
-import subprocess
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from conftest import TEST_ENVS
 from envs.reference import fingerprint, from_json, rollout, vector_rollout
 from gymnasium.utils.env_checker import check_env
+from helpers import image_reference
 
 import remote
 
@@ -99,15 +97,7 @@ def reference(case: Case, image: str, what: str = "rollout") -> dict[str, Any]:
             "check_env": what == "check_env",
             "render_check": case.render_check,
         }
-        done = subprocess.run(
-            ["apptainer", "exec", "--cleanenv", image, "python3", "-W", "ignore"]
-            + [str(TEST_ENVS / "reference.py"), json.dumps(request)],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert done.returncode == 0, done.stderr[-2000:]
-        _references[key] = json.loads(done.stdout.strip().splitlines()[-1])
+        _references[key] = image_reference(image, request)
     return _references[key]
 
 
@@ -185,14 +175,7 @@ def test_minigrid_image_observations_with_its_own_wrapper(envs_image):
     wrappers = [["minigrid.wrappers:ImgObsWrapper", {}]]
     case = Case("MiniGrid-DoorKey-5x5-v0", "envs.sif", ("minigrid",))
     request = {"env_id": case.env_id, "imports": ["minigrid"], "seed": 3, "steps": 40, "wrappers": wrappers}
-    done = subprocess.run(
-        ["apptainer", "exec", "--cleanenv", envs_image, "python3", "-W", "ignore"]
-        + [str(TEST_ENVS / "reference.py"), json.dumps(request)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    expected = json.loads(done.stdout.strip().splitlines()[-1])
+    expected = image_reference(envs_image, request)
     with remote.make(case.env_id, image=envs_image, wrappers=[tuple(w) for w in wrappers]) as env:
         assert env.observation_space.shape == (7, 7, 3) and env.observation_space.dtype.name == "uint8"
         got = rollout(env, 3, 40, expected["actions"])

@@ -157,6 +157,8 @@ class RemoteRunner:
         #: The extra folders the container sees: (host path, container path, mode).
         self.binds = [parse_bind(b) for b in binds]
         self._clients: set[RemoteEnvironmentClient] = set()
+        #: The :meth:`run` calls under way (see :meth:`checkpoint`).
+        self.active_runs: set[Any] = set()
         self._lock = threading.RLock()
         self._closed = False
         #: The last lines the container printed, kept when it exits (for error messages).
@@ -472,7 +474,7 @@ class RemoteRunner:
 
     def run(
         self,
-        agent: str,
+        agent: str | Any,
         episodes: int,
         *,
         env_id: str,
@@ -481,68 +483,113 @@ class RemoteRunner:
         agent_kwargs: Mapping[str, Any] | None = None,
         seed: int = 0,
         progress: Callable[[int, int], None] | None = None,
+        resume: bool = False,
+        checkpoint_every: int | None = None,
+        checkpoint_every_sec: float | None = 60.0,
+        video_every: int | None = None,
+        video_dir: str | os.PathLike[str] | None = None,
+        stop_grace: float = 20.0,
     ) -> dict[str, Any]:
-        """Run ``episodes`` episodes of ``env_id`` with ``agent``, the loop inside the container.
+        """Run ``episodes`` episodes of ``env_id`` with ``agent``; episode ``i`` is reset with
+        seed ``seed + i``.
 
-        ``agent`` is ``"module:callable"``, importable in the container: a factory called as
+        ``agent`` is either ``"module:callable"``, importable in the container, and the loop
+        runs there, next to the env (no round trip per step): a factory called as
         ``factory(env, **agent_kwargs)`` that returns an object with ``act(obs)`` (and,
         optionally, ``observe(obs, action, reward, next_obs, terminated, truncated, info)``,
-        called after each step) or a plain ``policy(obs)`` callable; see
-        :mod:`remote.experiment_loop`. Episode ``i`` is reset with seed ``seed + i``.
+        called after each step) or a plain ``policy(obs)`` callable (see
+        :mod:`remote.server.experiment`); or such an object itself, and the loop runs here,
+        on the host, stepping a remote env. Either way ``env.action_space`` is seeded with
+        ``seed``, and the log, checkpoints and summary are the same
+        (:mod:`remote.protocol.loop`).
 
         Each finished episode is appended to ``log`` (JSON lines: episode, seed, return,
-        length, wall_time, image_sha256, env_id), fsynced, by the container itself: the
-        log's folder must be visible in the container at a known place (a ``binds=`` entry,
-        or the same path, as Apptainer's default binds of ``$HOME``, ``/tmp`` and the current
-        folder give); the container checks that it writes the host's very file. Read it with
-        :func:`remote.read_log`; it keeps every finished episode if this process is killed.
+        length, wall_time, image_sha256, env_id), fsynced. An agent in the container writes
+        it itself: the log's folder must be visible there at a known place (a ``binds=``
+        entry, or the same path, as Apptainer's default binds of ``$HOME``, ``/tmp`` and the
+        current folder give). Read it with :func:`remote.read_log`; it keeps every finished
+        episode if this process is killed. A log that holds episodes already is refused
+        unless ``resume=True``.
 
-        No call waits for the whole run: the loop runs in the background of the server and
-        is polled with short control calls (each bounded by the runner's ``timeout``), so a
-        run may take any time. ``progress(done, episodes)`` is called at each poll. If this
-        call is interrupted, the loop is cancelled (the unfinished episode is not logged).
+        Checkpoints (``<log>.ckpt``): the episode counter, the RNG states, and the agent's
+        state (``save(path)``/``load(path)``, or ``state_dict()``/``load_state_dict()``), at
+        the end of an episode: every ``checkpoint_every`` episodes, ``checkpoint_every_sec``
+        seconds, at the end, on :meth:`checkpoint` or SIGUSR1, and on SIGTERM, which also
+        ends the run after the episode under way (within ``stop_grace`` seconds, else at
+        once), before the program's own SIGTERM handler runs. ``resume=True`` continues
+        from the newest checkpoint: the log then ends as an uninterrupted run's would.
+
+        Videos: with ``video_every=N``, episodes 0, N, 2N... are rendered (``render_mode=
+        "rgb_array"``) and encoded on the host as ``episode-<i>.mp4`` in ``video_dir``
+        (default ``<log>.videos``, visible in the container for an agent there); it needs
+        ``pip install 'remote[video]'`` on the host, nothing in the image.
+
+        No call waits for the whole run: a loop in the container is polled with one short
+        control call per half second (each bounded by the runner's ``timeout``), so a run
+        may take any time. ``progress(done, episodes)`` is called at each poll (after each
+        episode on the host). If this call is interrupted otherwise (an exception, Ctrl-C),
+        the loop is cancelled: the unfinished episode is not logged.
 
         Returns:
-            the summary: env_id, episodes, cancelled, mean/min/max_return, mean_length,
-            steps, wall_time, image_sha256 and log (the log's host path).
+            the summary: env_id, episodes, cancelled, stopped (by SIGTERM before the end),
+            mean/min/max/final_return, mean_length, steps, wall_time (of every segment),
+            image_sha256, checkpoint (episodes its newest checkpoint covers), resumed_from,
+            log (the log's host path) and videos (their host paths).
 
         Raises:
-            ExperimentError: the agent could not be imported or made, or the agent or the
-                env raised (``remote_traceback`` has the container's traceback).
+            ExperimentError: the agent could not be imported or made, the agent or the env
+                raised (``remote_traceback`` has the container's traceback), or the log or
+                its checkpoint does not fit the run.
         """
-        path = Path(os.path.abspath(log))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch()  # the host's file: the container must write this very one (same inode)
-        spec = {
-            "agent": agent,
-            "agent_kwargs": dict(agent_kwargs or {}),
-            "env_id": env_id,
-            "env_kwargs": dict(env_kwargs or {}),
-            "episodes": episodes,
-            "seed": seed,
-            "log": self._container_path(path),
-            "log_inode": path.stat().st_ino,
-            "image_sha256": self.image_sha256,
-        }
+        from .runs import run
 
-        def call(request: dict[str, Any]) -> Any:
-            return self._control(ops.EXPERIMENT, codec.dumps(request), base=ExperimentError)
+        return run(
+            self,
+            agent,
+            episodes,
+            env_id=env_id,
+            log=log,
+            env_kwargs=env_kwargs,
+            agent_kwargs=agent_kwargs,
+            seed=seed,
+            progress=progress,
+            resume=resume,
+            checkpoint_every=checkpoint_every,
+            checkpoint_every_sec=checkpoint_every_sec,
+            video_every=video_every,
+            video_dir=video_dir,
+            stop_grace=stop_grace,
+            on_checkpoint=self.on_checkpoint,
+        )
 
-        number = call({"op": ops.EXPERIMENT_START, "spec": spec})
-        try:
-            while True:
-                status = call({"op": ops.EXPERIMENT_POLL, "id": number, "wait": min(0.5, self.timeout / 4)})
-                if progress is not None:
-                    progress(status["episodes"], episodes)
-                if status["done"]:
-                    return {**status["summary"], "log": str(path)}
-        except BaseException:
-            if self.alive:
-                with contextlib.suppress(RemoteError):
-                    call({"op": ops.EXPERIMENT_CANCEL, "id": number})
-            raise
+    def experiment(self, request: bytes) -> Any:
+        """One :data:`remote.protocol.ops.EXPERIMENT` request (codec bytes); its reply."""
+        return self._control(ops.EXPERIMENT, request, base=ExperimentError)
 
-    def _container_path(self, path: Path) -> str:
+    def checkpoint(self, timeout: float | None = None) -> list[int]:
+        """Checkpoint every :meth:`run` under way at the end of its episode; wait (at most
+        ``timeout`` seconds, default the runner's ``timeout``) until each has. Returns the
+        episodes each checkpoint covers.
+
+        Raises:
+            CallTimeout: a run did not checkpoint in time (an episode longer than that).
+        """
+        with self._lock:
+            runs = list(self.active_runs)
+        for active in runs:
+            active.request()
+        wait = self.timeout if timeout is None else timeout
+        return [active.wait(wait, f"a checkpoint of the run in {self.image}") for active in runs]
+
+    def on_checkpoint(self, episodes: int) -> None:
+        """Called when a :meth:`run` has checkpointed, with the episodes the checkpoint covers."""
+
+    @property
+    def paused(self) -> bool:
+        """True while the container is frozen (by a manager): a run's polls wait for it."""
+        return False
+
+    def container_path(self, path: Path) -> str:
         """Where the container sees the host path ``path``: through a bind, or at the same path."""
         for src, dest, _ in reversed(self.binds):
             if path.is_relative_to(src):

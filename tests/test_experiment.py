@@ -63,12 +63,16 @@ def test_agent_errors_arrive_with_their_traceback(image, test_env_options, tmp_p
             runner.run("testagents:crashing", 10, env_id="CartPole-v1", log=log)
         assert isinstance(failed.value, RuntimeError) and "testagents.py" in failed.value.remote_traceback
         assert 1 <= len(read_log(log)) < 10  # the episodes before the crash are logged
+        kept = log.read_bytes()
+        with pytest.raises(remote.ExperimentError, match="already holds episodes: pass resume=True"):
+            runner.run("testagents:Balancer", 1, env_id="CartPole-v1", log=log)
+        assert log.read_bytes() == kept  # a log with episodes is never started over
         with pytest.raises(remote.ExperimentError, match="cannot import the agent module 'nosuch'"):
-            runner.run("nosuch:agent", 1, env_id="CartPole-v1", log=log)
+            runner.run("nosuch:agent", 1, env_id="CartPole-v1", log=tmp_path / "b.jsonl")
         with pytest.raises(remote.ExperimentError, match="could not|NoSuchEnv"):
-            runner.run("testagents:Balancer", 1, env_id="NoSuchEnv-v0", log=log)
+            runner.run("testagents:Balancer", 1, env_id="NoSuchEnv-v0", log=tmp_path / "c.jsonl")
         # the runner still works after failed runs
-        assert runner.run("testagents:Balancer", 1, env_id="CartPole-v1", log=log)["episodes"] == 1
+        assert runner.run("testagents:Balancer", 1, env_id="CartPole-v1", log=tmp_path / "d.jsonl")["episodes"] == 1
 
 
 def test_a_log_the_container_cannot_see_is_refused(image, test_env_options, tmp_path):

@@ -9,5 +9,7 @@ the container, on the image's own Python, imports this package and nothing of th
   (with their sizes and status codes), errors as plain data and back;
 * :mod:`.spaces`: gymnasium spaces as plain data;
 * :mod:`.rundir`: the files of a run folder (config, secret, ready) both sides read;
-* :mod:`.runlog`: the experiment log the container writes and the host reads.
+* :mod:`.runlog`: the experiment log the container writes and the host reads;
+* :mod:`.loop`: the experiment loop, its log and checkpoints, run in the container for an
+  agent there and on the host for an agent object.
 """

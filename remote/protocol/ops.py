@@ -51,8 +51,13 @@ result])`` or ``codec.dumps([ERROR, error])``, read by :func:`result`:
   callable read; a call's result must travel (else TypeError);
 * ``EXPERIMENT(request: codec bytes)``: ``{"op": EXPERIMENT_START, "spec": {...}}`` → the
   experiment's id; ``{"op": EXPERIMENT_POLL, "id": int, "wait": seconds}`` → ``{"done":
-  bool, "episodes": int, "summary": dict | None}`` (or the loop's error); ``{"op":
-  EXPERIMENT_CANCEL, "id": int}`` → ``None``.
+  bool, "episodes": int, "checkpoint": int | None, "checkpoints": int, "recordings": [path,
+  ...], "fps": float | None, "summary": dict | None}`` after ``wait`` seconds or once done
+  (or the loop's error): "checkpoint" is the episodes the newest checkpoint covers,
+  "checkpoints" how many the loop wrote, "recordings" the episode recordings finished since
+  the last poll; ``{"op": EXPERIMENT_CANCEL | EXPERIMENT_STOP | EXPERIMENT_CHECKPOINT, "id":
+  int}`` → ``None``: end now; end after the episode under way, with a checkpoint; checkpoint
+  after it (see :mod:`remote.protocol.loop`).
 """
 
 from __future__ import annotations
@@ -101,6 +106,7 @@ CALL_VALUE, CALL_OBJECT, CALL_CALLABLE = "value", "object", "callable"
 
 #: The ``op`` of an experiment request.
 EXPERIMENT_START, EXPERIMENT_POLL, EXPERIMENT_CANCEL = "start", "poll", "cancel"
+EXPERIMENT_STOP, EXPERIMENT_CHECKPOINT = "stop", "checkpoint"
 
 # -- handshake ---------------------------------------------------------------------------------
 

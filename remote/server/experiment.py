@@ -1,18 +1,23 @@
-"""The experiment loop that runs next to the env, inside the container, and its log.
+"""The experiment loop that runs next to the env, inside the container.
 
 :meth:`remote.RemoteRunner.run` starts it: the agent and the env live in the same
-process, so a step costs no round trip to the host. Each finished episode is one line of
-a JSON-lines log, written to a host file bound into the container, flushed and fsynced
-before the next episode starts: if the host process dies (and the container with it),
-the log holds every finished episode (:mod:`remote.protocol.runlog` says what is in it).
+process, so a step costs no round trip to the host. The loop itself, its log and its
+checkpoints are :mod:`remote.protocol.loop`'s; this module makes the agent and the env,
+runs the loop in a thread, and answers the host's polls.
 
 The agent protocol: ``agent`` names a callable ``"module:callable"`` importable in the
 container (from the image, or a folder bound in and put on ``PYTHONPATH``). It is a
 factory, called once as ``factory(env, **agent_kwargs)``; what it returns is either an
 object with ``act(obs) -> action`` or a plain callable ``policy(obs) -> action``. If it
 has ``observe(obs, action, reward, next_obs, terminated, truncated, info)``, that is
-called after every step (a learning agent updates there). ``env.action_space`` is seeded
-with the run's seed, so an agent that samples from it is reproducible.
+called after every step (a learning agent updates there); with ``save(path)``/``load(path)``
+or ``state_dict()``/``load_state_dict()`` its state goes into the run's checkpoints.
+``env.action_space`` is seeded with the run's seed, so an agent that samples from it is
+reproducible.
+
+Signals (what Slurm sends a job, or ``remote checkpoint``): SIGUSR1 checkpoints every
+running experiment at the end of its episode; SIGTERM stops them there, with a checkpoint
+(:func:`stop_all`), before the server exits.
 
 This module runs inside the container: stdlib, numpy, gymnasium and :mod:`remote.protocol` only.
 """
@@ -20,17 +25,27 @@ This module runs inside the container: stdlib, numpy, gymnasium and :mod:`remote
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
-import numpy as np
 
-from ..protocol.ops import EXPERIMENT_CANCEL, EXPERIMENT_POLL, EXPERIMENT_START
+from ..protocol.loop import EpisodeLoop
+from ..protocol.ops import (
+    EXPERIMENT_CANCEL,
+    EXPERIMENT_CHECKPOINT,
+    EXPERIMENT_POLL,
+    EXPERIMENT_START,
+    EXPERIMENT_STOP,
+)
+
+#: Seconds an experiment has, on SIGTERM, to end its episode and checkpoint (Slurm gives a
+#: job 30 s between SIGTERM and SIGKILL by default).
+STOP_GRACE = 20.0
 
 
 def load_agent(entry_point: str) -> Callable[..., Any]:
@@ -54,130 +69,95 @@ def load_agent(entry_point: str) -> Callable[..., Any]:
     return target
 
 
-def policy_of(agent: Any) -> Callable[[Any], Any]:
-    """The agent's ``act`` method, or the agent itself if it is a plain callable."""
-    act = getattr(agent, "act", None)
-    if callable(act):
-        return act
-    if callable(agent):
-        return agent
-    raise TypeError(
-        f"the agent factory returned {type(agent).__name__}: it has no act(obs) and is not callable"
-    )
-
-
 class Experiment:
-    """One run: ``episodes`` episodes of ``env`` with ``agent``, logged line by line to ``log``."""
+    """One run in a thread: the loop of ``spec`` (see :func:`_checked_spec`)."""
 
     def __init__(self, spec: dict[str, Any], make_env: Callable[[str, dict[str, Any]], gym.Env]) -> None:
-        self.env_id: str = spec["env_id"]
-        self.episodes: int = spec["episodes"]
-        self.seed: int = spec["seed"]
-        self.image_sha256: str | None = spec.get("image_sha256")
         factory = load_agent(spec["agent"])
-        self.log = _open_log(spec["log"], spec["log_inode"])
+        env_kwargs = dict(spec.get("env_kwargs") or {})
+        self.video_every: int | None = spec.get("video_every")
+        if self.video_every:
+            env_kwargs.setdefault("render_mode", "rgb_array")
+        env = make_env(spec["env_id"], env_kwargs)
         try:
-            self.env = make_env(self.env_id, spec.get("env_kwargs") or {})
-            self.env.action_space.seed(self.seed)
-            self.agent = factory(self.env, **(spec.get("agent_kwargs") or {}))
-            self.act = policy_of(self.agent)
+            env.action_space.seed(spec["seed"])
+            agent = factory(env, **(spec.get("agent_kwargs") or {}))
+            self.loop = EpisodeLoop(
+                env,
+                agent,
+                run={"env_id": spec["env_id"], "seed": spec["seed"], "agent": spec["agent"]},
+                episodes=spec["episodes"],
+                log=spec["log"],
+                log_inode=spec["log_inode"],
+                resume=bool(spec.get("resume")),
+                checkpoint_every=spec.get("checkpoint_every"),
+                checkpoint_every_sec=spec.get("checkpoint_every_sec"),
+                record=self._recorder(spec.get("video_dir")) if self.video_every else None,
+                image_sha256=spec.get("image_sha256"),
+            )
         except BaseException:
-            self.log.close()
+            env.close()
             raise
-        self.observe = getattr(self.agent, "observe", None)
-        self.returns: list[float] = []
-        self.lengths: list[int] = []
+        self.reported = len(self.loop.recordings)
         self.error: BaseException | None = None
-        self.cancelled = threading.Event()
         self.done = threading.Event()
-        self.changed = threading.Condition()
-        self.started = time.monotonic()
         self.thread = threading.Thread(target=self._run, name="remote-experiment", daemon=True)
         self.thread.start()
 
+    def _recorder(self, folder: str | None) -> Callable[[int], Any]:
+        from ..protocol.recording import RecordingWriter
+
+        assert folder is not None and self.video_every  # _checked_spec
+
+        def record(episode: int) -> Any:
+            if episode % self.video_every:  # type: ignore[operator]
+                return None
+            path = os.path.join(folder, f".episode-{episode:06d}.rec")
+            Path(path).unlink(missing_ok=True)  # of a run killed during this episode
+            return RecordingWriter(path), path
+
+        return record
+
     def _run(self) -> None:
         try:
-            for episode in range(self.episodes):
-                if self.cancelled.is_set():
-                    break
-                self._episode(episode)
+            self.loop.run()
         except BaseException as exc:  # reported to the host by the next poll
             self.error = exc
         finally:
-            self.log.close()
+            self.loop.close()
             try:
-                self.env.close()
+                self.loop.env.close()
             finally:
                 self.done.set()
-                with self.changed:
-                    self.changed.notify_all()
-
-    def _episode(self, episode: int) -> None:
-        seed = self.seed + episode
-        start = time.monotonic()
-        obs, _ = self.env.reset(seed=seed)
-        total, length, over = 0.0, 0, False
-        while not over:
-            action = self.act(obs)
-            next_obs, reward, terminated, truncated, info = self.env.step(action)
-            if self.observe is not None:
-                self.observe(obs, action, reward, next_obs, terminated, truncated, info)
-            total += float(reward)
-            length += 1
-            over = bool(terminated or truncated)
-            obs = next_obs
-            if self.cancelled.is_set():
-                return  # an unfinished episode is not logged
-        line = {
-            "episode": episode,
-            "seed": seed,
-            "return": total,
-            "length": length,
-            "wall_time": time.monotonic() - start,
-            "image_sha256": self.image_sha256,
-            "env_id": self.env_id,
-        }
-        self.log.write(json.dumps(line) + "\n")
-        self.log.flush()
-        os.fsync(self.log.fileno())
-        with self.changed:
-            self.returns.append(total)
-            self.lengths.append(length)
-            self.changed.notify_all()
+                with self.loop.changed:
+                    self.loop.changed.notify_all()
 
     def poll(self, wait: float) -> dict[str, Any]:
-        """Progress after at most ``wait`` seconds (sooner when an episode ends); re-raises
-        the loop's error, if it failed, so the host gets it with its traceback."""
-        with self.changed:
-            seen = len(self.returns)
-            self.changed.wait_for(lambda: self.done.is_set() or len(self.returns) > seen, timeout=wait)
+        """Progress after ``wait`` seconds, or sooner once done; re-raises the loop's error,
+        if it failed, so the host gets it with its traceback."""
+        loop = self.loop
+        with loop.changed:
+            loop.changed.wait_for(self.done.is_set, timeout=wait)
+            recordings = loop.recordings[self.reported :]
+            self.reported += len(recordings)
         if self.done.is_set() and self.error is not None:
             raise self.error
         return {
             "done": self.done.is_set(),
-            "episodes": len(self.returns),
-            "summary": self.summary() if self.done.is_set() else None,
-        }
-
-    def summary(self) -> dict[str, Any]:
-        returns = np.asarray(self.returns, dtype=float)
-        return {
-            "env_id": self.env_id,
-            "episodes": len(self.returns),
-            "cancelled": self.cancelled.is_set(),
-            "mean_return": float(returns.mean()) if len(returns) else None,
-            "min_return": float(returns.min()) if len(returns) else None,
-            "max_return": float(returns.max()) if len(returns) else None,
-            "mean_length": float(np.mean(self.lengths)) if self.lengths else None,
-            "steps": int(sum(self.lengths)),
-            "wall_time": time.monotonic() - self.started,
-            "image_sha256": self.image_sha256,
+            "episodes": loop.next_episode,
+            "checkpoint": loop.checkpointed,
+            "checkpoints": loop.written,
+            "recordings": recordings,
+            "fps": loop.env.metadata.get("render_fps"),
+            "summary": loop.summary() if self.done.is_set() else None,
         }
 
 
 class Experiments:
     """The experiments of one server, driven by the requests of
-    :data:`remote.protocol.ops.EXPERIMENT` (``{"op": "start"|"poll"|"cancel", ...}``)."""
+    :data:`remote.protocol.ops.EXPERIMENT` (``{"op": "start"|"poll"|"cancel"|"stop"|"checkpoint", ...}``)."""
+
+    OPS = (EXPERIMENT_START, EXPERIMENT_POLL, EXPERIMENT_CANCEL, EXPERIMENT_STOP, EXPERIMENT_CHECKPOINT)
 
     def __init__(self) -> None:
         self.running: dict[int, Experiment] = {}
@@ -185,9 +165,8 @@ class Experiments:
         self.next_id = 1
 
     def handle(self, request: Any, make_env: Callable[[str, dict[str, Any]], gym.Env]) -> Any:
-        ops = (EXPERIMENT_START, EXPERIMENT_POLL, EXPERIMENT_CANCEL)
-        if not isinstance(request, dict) or request.get("op") not in ops:
-            raise ValueError("an experiment request is {'op': 'start'|'poll'|'cancel', ...}")
+        if not isinstance(request, dict) or request.get("op") not in self.OPS:
+            raise ValueError(f"an experiment request is {{'op': {'|'.join(self.OPS)}, ...}}")
         if request["op"] == EXPERIMENT_START:
             experiment = Experiment(_checked_spec(request.get("spec")), make_env)
             with self.lock:
@@ -199,7 +178,13 @@ class Experiments:
         if experiment is None:
             raise KeyError(f"no experiment {request.get('id')!r:.20}")
         if request["op"] == EXPERIMENT_CANCEL:
-            experiment.cancelled.set()
+            experiment.loop.cancelled.set()
+            return None
+        if request["op"] == EXPERIMENT_STOP:
+            experiment.loop.stop()
+            return None
+        if request["op"] == EXPERIMENT_CHECKPOINT:
+            experiment.loop.request_checkpoint()
             return None
         wait = request.get("wait", 0.0)
         try:
@@ -208,6 +193,26 @@ class Experiments:
             if experiment.done.is_set():  # reported, result or error: forget it
                 with self.lock:
                     self.running.pop(request["id"], None)
+
+    def checkpoint_all(self) -> None:
+        """Checkpoint every running experiment at the end of its episode (SIGUSR1)."""
+        with self.lock:
+            experiments = list(self.running.values())
+        for experiment in experiments:
+            experiment.loop.request_checkpoint()
+
+    def stop_all(self, grace: float) -> None:
+        """Stop every running experiment at the end of its episode, with a checkpoint; those
+        not done within ``grace`` seconds are cancelled (their last checkpoint stands)."""
+        with self.lock:
+            experiments = list(self.running.values())
+        for experiment in experiments:
+            experiment.loop.stop()
+        deadline = time.monotonic() + grace
+        for experiment in experiments:
+            if not experiment.done.wait(max(0.0, deadline - time.monotonic())):
+                experiment.loop.cancelled.set()
+                experiment.done.wait(1.0)
 
 
 #: The shared registry of the server process.
@@ -224,23 +229,11 @@ def _checked_spec(spec: Any) -> dict[str, Any]:
     for key in ("env_kwargs", "agent_kwargs"):
         if spec.get(key) is not None and not isinstance(spec[key], dict):
             raise ValueError(f"{key} must be a dict")
+    optional = {"checkpoint_every": int, "checkpoint_every_sec": (int, float), "video_every": int}
+    for key, kind in optional.items():
+        value = spec.get(key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool) or value <= 0):
+            raise ValueError(f"{key} must be a positive number or None")
+    if spec.get("video_every") and not isinstance(spec.get("video_dir"), str):
+        raise ValueError("video_every needs video_dir, a folder the container can write")
     return spec
-
-
-def _open_log(path: str, inode: int) -> Any:
-    """Open the log the host created for appending, and check by its inode that the
-    container sees that very file, not one in its own file system that dies with it."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-    except OSError as exc:
-        fd = -1
-        reason = exc.strerror
-    if fd >= 0 and os.fstat(fd).st_ino != inode:
-        os.close(fd)
-        fd, reason = -1, "it sees another file there than the host"
-    if fd < 0:
-        raise OSError(
-            f"the container cannot write the host's log {path} ({reason}): bind its folder into "
-            "the container (binds=[folder])"
-        )
-    return os.fdopen(fd, "a", encoding="utf-8")

@@ -75,7 +75,23 @@ def main(run_dir: str) -> None:
         shutil.rmtree(root, ignore_errors=True)
         os._exit(0)
 
-    signal.signal(signal.SIGTERM, shutdown)
+    def stop_experiments_then_shutdown(*_: Any) -> None:
+        from .experiment import EXPERIMENTS, STOP_GRACE
+
+        EXPERIMENTS.stop_all(STOP_GRACE)  # each at the end of its episode, with a checkpoint
+        shutdown()
+
+    def checkpoint_experiments(*_: Any) -> None:
+        from .experiment import EXPERIMENTS
+
+        EXPERIMENTS.checkpoint_all()
+
+    # SIGTERM (``remote stop``, Slurm's scancel, preemption): experiments checkpoint first.
+    signal.signal(
+        signal.SIGTERM,
+        lambda *_: threading.Thread(target=stop_experiments_then_shutdown, daemon=True).start(),
+    )
+    signal.signal(signal.SIGUSR1, checkpoint_experiments)
     threading.Thread(target=_wait_for_eof, args=(shutdown,), daemon=True).start()
 
     rundir.write_ready(root, os.getpid(), control, stream)

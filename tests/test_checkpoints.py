@@ -53,10 +53,12 @@ def start_host(script: str, image: str, log: Path) -> tuple[subprocess.Popen, in
     return host, int(host.stdout.readline())
 
 
-def wait_for_episodes(log: Path, count: int, host: subprocess.Popen, timeout: float = 60) -> None:
+def wait_for_episodes(
+    log: Path, count: int, host: subprocess.Popen | None = None, timeout: float = 60
+) -> None:
     deadline = time.monotonic() + timeout
     while not (log.exists() and len(read_log(log)) >= count):
-        assert host.poll() is None, "the host ended before it was interrupted"
+        assert host is None or host.poll() is None, "the host ended before it was interrupted"
         assert time.monotonic() < deadline, f"{log} did not reach {count} episodes"
         time.sleep(0.005)
 
@@ -213,3 +215,77 @@ def test_sigterm_checkpoints_at_the_end_of_the_episode_then_the_process_ends(
     assert summary["resumed_from"] == state["next_episode"]
     assert trajectory(log) == trajectory(tmp_path / "whole")
     assert json.loads(log.read_text().splitlines()[-1])["episode"] == 199
+
+
+def test_a_crashed_container_is_restarted_and_its_run_resumes(image, test_env_options, tmp_path):
+    from remote.manager import ContainerManager
+    from remote.manager.processes import server_pid
+    from remote.manager.record import Record
+
+    with remote.RemoteRunner(image, **test_env_options) as runner:
+        runner.run("testagents:Walker", EPISODES, env_id="CartPole-v1", log=tmp_path / "whole")
+    log = tmp_path / "run"
+    with ContainerManager(
+        Record(tmp_path / "record.sqlite"), max_restarts=2, backoff=0.1, sample_interval=0
+    ) as manager:
+        name = manager.create(0, image, cpus=0, **test_env_options)
+        manager.start(name)
+        first = server_pid(manager.runner(name))
+        results: list = []
+        worker = threading.Thread(
+            target=lambda: results.append(
+                manager.run(
+                    name,
+                    "testagents:Walker",
+                    EPISODES,
+                    env_id="CartPole-v1",
+                    log=log,
+                    checkpoint_every=4,
+                    agent_kwargs={"delay": 0.002},
+                )
+            )
+        )
+        worker.start()
+        wait_for_episodes(log, 10)
+        os.kill(first, signal.SIGKILL)  # the server dies mid-run
+        worker.join(60)
+        assert not worker.is_alive() and results, "the run did not finish after the restart"
+        assert manager.status(name).restarts == 1 and server_pid(manager.runner(name)) != first
+    summary = results[0]
+    assert 4 <= summary["resumed_from"] <= 12 and summary["episodes"] == EPISODES
+    assert trajectory(log) == trajectory(tmp_path / "whole")
+
+
+def test_pause_with_a_checkpoint_then_resume_the_run_goes_on(image, test_env_options, tmp_path):
+    from remote.manager import ContainerManager
+    from remote.manager.record import Record
+
+    log = tmp_path / "run"
+    with ContainerManager(Record(tmp_path / "record.sqlite"), sample_interval=0) as manager:
+        name = manager.create(0, image, cpus=0, timeout=2.0, **test_env_options)
+        manager.start(name)
+        results: list = []
+        worker = threading.Thread(
+            target=lambda: results.append(
+                manager.run(
+                    name,
+                    "testagents:Walker",
+                    60,
+                    env_id="CartPole-v1",
+                    log=log,
+                    agent_kwargs={"delay": 0.002},
+                )
+            )
+        )
+        worker.start()
+        wait_for_episodes(log, 3)
+        manager.pause(name, checkpoint=True)
+        frozen = len(read_log(log))
+        covered = read_checkpoint(checkpoint_folder(log))["next_episode"]
+        assert 3 <= covered <= frozen
+        time.sleep(3.0)  # longer than the runner's timeout: the run's polls wait for the thaw
+        assert len(read_log(log)) <= frozen + 1  # frozen (at most an episode being written ended)
+        manager.resume(name)
+        worker.join(60)
+        events = [e["event"] for e in manager.record.query("SELECT event FROM events")]
+    assert results and results[0]["episodes"] == 60 and "CHECKPOINT" in events

@@ -349,9 +349,45 @@ class ContainerManager:
             raise IllegalTransition(f"container {name} is {container.state.value}, not RUNNING")
         return container.runner
 
-    def pause(self, name: str) -> None:
-        """Freeze every process of the container; its envs stop advancing until :meth:`resume`."""
+    def run(self, name: str, agent: Any, episodes: int, **options: Any) -> dict[str, Any]:
+        """:meth:`remote.RemoteRunner.run` in a container, through its crashes: when the
+        container dies and the manager restarts it, the run resumes from its newest
+        checkpoint in the new one (as ``resume=True`` does); it raises ContainerDied only
+        when no restart is left."""
+        while True:
+            try:
+                return self.runner(name).run(agent, episodes, **options)
+            except ContainerDied:
+                if not self._wait_restarted(name):
+                    raise
+                options["resume"] = True
+
+    def _wait_restarted(self, name: str) -> bool:
+        """Wait for a crashed container to be RUNNING again; False if it is not restarted."""
         container = self._get(name)
+        while True:
+            with self._lock:
+                state, runner = container.state, container.runner
+            if state in _UP and runner is not None and runner.alive:
+                return True
+            if state is not State.STARTING or self._closed.is_set():
+                return False
+            time.sleep(0.05)
+
+    def pause(self, name: str, checkpoint: bool = False, timeout: float | None = None) -> None:
+        """Freeze every process of the container; its envs stop advancing until :meth:`resume`.
+
+        With ``checkpoint``, each :meth:`remote.RemoteRunner.run` under way in it checkpoints
+        first, at the end of its episode (waiting at most ``timeout`` seconds, default the
+        runner's), so that a container that never comes back can be resumed from there.
+        """
+        container = self._get(name)
+        if checkpoint and container.state is State.RUNNING and container.runner is not None:
+            reached = container.runner.checkpoint(timeout)
+            if reached:
+                self.record.add_event(
+                    container.record_id, "CHECKPOINT", f"runs checkpointed at episodes {reached}"
+                )
         with self._lock:
             self._move(container, State.PAUSED, action="pause")
             signal_tree(container.runner.pid, signal.SIGSTOP)  # type: ignore[union-attr]

@@ -77,6 +77,10 @@ class ManagedRunner(RemoteRunner):
             self.log_tail,
         )
 
+    @property
+    def paused(self) -> bool:
+        return self.container.paused
+
     def timeout_error(self, what: str) -> CallTimeout:
         if self.container.paused:
             return CallTimeout(

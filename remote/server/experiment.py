@@ -133,11 +133,12 @@ class Experiment:
                     self.loop.changed.notify_all()
 
     def poll(self, wait: float) -> dict[str, Any]:
-        """Progress after ``wait`` seconds, or sooner once done; re-raises the loop's error,
+        """Progress after ``wait`` seconds, or sooner once done or checkpointed; re-raises the loop's error,
         if it failed, so the host gets it with its traceback."""
         loop = self.loop
         with loop.changed:
-            loop.changed.wait_for(self.done.is_set, timeout=wait)
+            written = loop.written  # a new checkpoint is news: the host may be waiting for it
+            loop.changed.wait_for(lambda: self.done.is_set() or loop.written > written, timeout=wait)
             recordings = loop.recordings[self.reported :]
             self.reported += len(recordings)
         if self.done.is_set() and self.error is not None:

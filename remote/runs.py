@@ -81,7 +81,9 @@ class Interruptions:
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-        if self.terminated is not None and exc[0] is None:  # the program's own SIGTERM handling
+        # the program's own SIGTERM handling, also if the run ended in an error: the container
+        # may have had the same SIGTERM (Slurm signals every process of a job) and be gone
+        if self.terminated is not None:
             previous = self._previous.get(signal.SIGTERM, signal.SIG_DFL)
             if callable(previous):
                 previous(signal.SIGTERM, None)

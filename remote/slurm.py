@@ -59,7 +59,7 @@ NETWORK_FILESYSTEMS = frozenset(
     {"nfs", "nfs4", "lustre", "gpfs", "beegfs", "cifs", "smb3", "ceph", "fuse.sshfs"}
 )
 
-log = logging.getLogger("remote.slurm")
+logger = logging.getLogger("remote.slurm")
 
 
 class Cancelled(SystemExit):
@@ -143,13 +143,68 @@ class ArrayTask:
         allocation of remote's own): Slurm has given the task its CPUs already.
         """
         env_kwargs = options.pop("env_kwargs", {})
+        self._start(image, transport, options)
+        return self.manager.make(self.container, env_id, **env_kwargs)
+
+    def run(
+        self,
+        agent: Any,
+        episodes: int,
+        *,
+        env_id: str,
+        image: str,
+        log: str | os.PathLike[str] | None = None,
+        seed: int | None = None,
+        resume: bool = True,
+        container_options: dict[str, Any] | None = None,
+        **run_options: Any,
+    ) -> dict[str, Any]:
+        """:meth:`remote.RemoteRunner.run` in this task's container, resumable: a task that is
+        requeued (``scontrol requeue``, preemption with requeue, submitit's checkpointing)
+        continues from the checkpoint its previous attempt made when SIGTERM came.
+
+        Args:
+            log: the run's log; default ``<log_dir>/run-<job>-<task>.jsonl`` (the same for
+                every attempt of the task).
+            seed: episode ``i`` is reset with ``seed + i``; default the task's :attr:`seed`.
+            resume: continue from the log's checkpoint if it has one (a first attempt has none).
+            container_options: for the container, as :meth:`make`'s ``options``
+                (``transport``, ``sha256``, ``env``, ``binds``...); the log's folder is bound in.
+            **run_options: more :meth:`remote.RemoteRunner.run` options (``agent_kwargs``,
+                ``checkpoint_every``, ``video_every``...).
+        """
+        path = (
+            Path(log) if log is not None else self.log_path.with_name(f"run-{job_id()}-{self.task_id}.jsonl")
+        )
+        path = path.absolute()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        options = dict(container_options or {})
+        options["binds"] = [*options.get("binds", ()), f"{path.parent}:{path.parent}:rw"]
+        self._start(image, options.pop("transport", "tcp"), options)
+        restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
+        logger.info(
+            "task %d: run %s on %s (attempt %d), log %s", self.task_id, agent, env_id, int(restarts) + 1, path
+        )
+        return self.manager.run(
+            self.container,
+            agent,
+            episodes,
+            env_id=env_id,
+            log=path,
+            seed=self.seed if seed is None else seed,
+            resume=resume,
+            **run_options,
+        )
+
+    def _start(self, image: str, transport: str, options: dict[str, Any]) -> None:
+        """Start the task's container from ``image`` unless it runs already."""
         options.setdefault("cpus", 0)
         if self._image is None:
             self.manager.create(f"{job_id()}-{self.task_id}", image, transport=transport, **options)
             self.manager.start(self.container)
             self._image = image
             status = self.manager.status(self.container)
-            log.info(
+            logger.info(
                 "container %s: image %s, ports %s, run dir %s",
                 self.container,
                 image,
@@ -158,7 +213,6 @@ class ArrayTask:
             )
         elif image != self._image:
             raise ValueError(f"task {self.task_id} runs {self._image}; one container (one image) per task")
-        return self.manager.make(self.container, env_id, **env_kwargs)
 
     @property
     def ports(self) -> tuple[int, ...]:
@@ -195,11 +249,11 @@ def array_task(
     folder.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(folder / f"slurm-{job_id()}-{number}.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logger = logging.getLogger("remote")
-    logger.addHandler(handler)
-    level = logger.level
-    if not logger.isEnabledFor(logging.INFO):
-        logger.setLevel(logging.INFO)
+    remote_logger = logging.getLogger("remote")
+    remote_logger.addHandler(handler)
+    level = remote_logger.level
+    if not remote_logger.isEnabledFor(logging.INFO):
+        remote_logger.setLevel(logging.INFO)
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
         raise Cancelled()
@@ -209,15 +263,17 @@ def array_task(
     job: ArrayTask | None = None
     try:
         host = socket.gethostname()
-        log.info("task %d of job %s on %s: seed %d", number, job_id(), host, base_seed + number)
+        logger.info("task %d of job %s on %s: seed %d", number, job_id(), host, base_seed + number)
         job = ArrayTask(number, base_seed + number, Path(handler.baseFilename), runtime)
         yield job
-        log.info("task %d done", number)
+        logger.info("task %d done", number)
     except Cancelled:
-        log.warning("task %d got SIGTERM (scancel, preemption or time limit): stopping its container", number)
+        logger.warning(
+            "task %d got SIGTERM (scancel, preemption or time limit): stopping its container", number
+        )
         raise
     except BaseException as exc:
-        log.error("task %d failed: %s: %s", number, type(exc).__name__, exc)
+        logger.error("task %d failed: %s: %s", number, type(exc).__name__, exc)
         raise
     finally:
         if main:  # a second SIGTERM must not cut the clean-up short
@@ -226,10 +282,10 @@ def array_task(
             if job is not None:
                 job.manager.close()
                 job.manager.record.close()
-            log.info("task %d: container stopped", number)
+            logger.info("task %d: container stopped", number)
         finally:
             if main:
                 signal.signal(signal.SIGTERM, previous)
-            logger.removeHandler(handler)
-            logger.setLevel(level)
+            remote_logger.removeHandler(handler)
+            remote_logger.setLevel(level)
             handler.close()

@@ -44,3 +44,20 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def experiment(image: str, log_dir: str, out_dir: str, envs: str) -> None:
+    """An sbatch array task that runs 40 episodes in its container, resumably; it writes its
+    summary (and the attempt) to ``out_dir/<task>.json`` when the run is done."""
+    with remote.slurm.array_task(None, log_dir=log_dir) as job:
+        summary = job.run(
+            "testagents:Walker",
+            40,
+            env_id="CartPole-v1",
+            image=image,
+            container_options={"binds": [f"{envs}:{envs}:ro"], "env": {"PYTHONPATH": envs}},
+            agent_kwargs={"delay": 0.004},
+            checkpoint_every_sec=None,
+        )
+        summary["attempt"] = int(os.environ.get("SLURM_RESTART_COUNT", "0")) + 1
+        Path(out_dir, f"{job.task_id}.json").write_text(json.dumps(summary))

@@ -72,7 +72,10 @@ def test_agent_errors_arrive_with_their_traceback(image, test_env_options, tmp_p
         with pytest.raises(remote.ExperimentError, match="could not|NoSuchEnv"):
             runner.run("testagents:Balancer", 1, env_id="NoSuchEnv-v0", log=tmp_path / "c.jsonl")
         # the runner still works after failed runs
-        assert runner.run("testagents:Balancer", 1, env_id="CartPole-v1", log=tmp_path / "d.jsonl")["episodes"] == 1
+        assert (
+            runner.run("testagents:Balancer", 1, env_id="CartPole-v1", log=tmp_path / "d.jsonl")["episodes"]
+            == 1
+        )
 
 
 def test_a_log_the_container_cannot_see_is_refused(image, test_env_options, tmp_path):

@@ -21,6 +21,7 @@ import pytest
 from conftest import IN_CI, REQUIRED
 from https_server import ImageServer
 
+import remote
 import remote.slurm
 
 try:
@@ -235,3 +236,60 @@ def test_scancel_stops_the_container_and_flushes_the_log(tmp_path, cluster_env, 
     text = Path(running["log"]).read_text()
     assert "task 3 got SIGTERM" in text and "task 3: container stopped" in text, text
     assert not Path(running["run_dir"]).exists()
+
+
+def test_a_requeued_task_resumes_its_run_from_the_checkpoint_of_its_sigterm(
+    tmp_path, cluster_env, image, slurm
+):
+    from remote.protocol.runlog import read_log
+
+    envs, logs, out = TESTS / "envs", tmp_path / "logs", tmp_path / "out"
+    out.mkdir()
+    script = (
+        f"import slurm_tasks; slurm_tasks.experiment({image!r}, {str(logs)!r}, {str(out)!r}, {str(envs)!r})"
+    )
+    submitted = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            "--requeue",
+            "--array=2",
+            f"--output={tmp_path}/slurm-%A_%a.out",
+            "--wrap",
+            f'{sys.executable} -c "{script}"',
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    job = submitted.stdout.strip().split(";")[0]
+    deadline = time.monotonic() + 120
+    run_logs: list[Path] = []
+    while not (run_logs and len(read_log(run_logs[0])) >= 8):
+        assert time.monotonic() < deadline, "the task's run did not get going"
+        time.sleep(0.05)
+        run_logs = sorted(logs.glob("run-*-2.jsonl"))
+    subprocess.run(["scontrol", "requeue", f"{job}_2"], check=True)  # SIGTERM now, then run again
+    # a requeued job waits ~2 minutes before it is eligible (its BeginTime): bring that forward
+    task = f"{job}_2"
+    deadline = time.monotonic() + 60
+    while (
+        "BeginTime"
+        not in subprocess.run(["squeue", "-h", "-j", task, "-o", "%r"], capture_output=True, text=True).stdout
+    ):
+        assert time.monotonic() < deadline, "the task was not requeued"
+        time.sleep(0.1)
+    subprocess.run(["scontrol", "update", f"JobId={task}", "StartTime=now"], check=True)
+    deadline = time.monotonic() + 240
+    while not (out / "2.json").exists():
+        assert time.monotonic() < deadline, "the requeued task did not finish"
+        time.sleep(0.2)
+    summary = json.loads((out / "2.json").read_text())
+    assert summary["attempt"] == 2 and 8 <= summary["resumed_from"] < 40, summary
+    attempts = (logs / f"slurm-{job}-2.log").read_text()
+    assert "got SIGTERM" in attempts and "(attempt 2)" in attempts
+    # the same log as one uninterrupted run of the task (its seed: base 0 + task 2)
+    with remote.RemoteRunner(image, binds=[f"{envs}:{envs}:ro"], env={"PYTHONPATH": str(envs)}) as runner:
+        runner.run("testagents:Walker", 40, env_id="CartPole-v1", seed=2, log=tmp_path / "whole")
+    key = [(x["episode"], x["seed"], x["return"], x["length"]) for x in read_log(run_logs[0])]
+    assert key == [(x["episode"], x["seed"], x["return"], x["length"]) for x in read_log(tmp_path / "whole")]

@@ -75,9 +75,14 @@ def main(run_dir: str) -> None:
         shutil.rmtree(root, ignore_errors=True)
         os._exit(0)
 
+    stopping = threading.Event()
+
     def stop_experiments_then_shutdown(*_: Any) -> None:
         from .experiment import EXPERIMENTS, STOP_GRACE
 
+        if stopping.is_set():  # a second SIGTERM (Slurm's and the one Apptainer forwards)
+            return
+        stopping.set()
         EXPERIMENTS.stop_all(STOP_GRACE)  # each at the end of its episode, with a checkpoint
         shutdown()
 

@@ -244,6 +244,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     log.parent.mkdir(parents=True, exist_ok=True)
     options = _runner_options(args)
     options["binds"].append(f"{log.parent}:{log.parent}:rw")  # the container writes the log
+    if args.video_dir:
+        video_dir = Path(os.path.abspath(args.video_dir))
+        video_dir.mkdir(parents=True, exist_ok=True)
+        options["binds"].append(f"{video_dir}:{video_dir}:rw")
     manager = ContainerManager(prefix=args.name, runtime=options.pop("runtime"), sample_interval=1.0)
     try:
         name = manager.create(os.getpid(), args.image, cpus=args.cpus, memory=args.memory, **options)
@@ -258,6 +262,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                 seed=args.seed,
                 log=log,
                 progress=lambda done, _: bar.update(done),
+                resume=args.resume,
+                checkpoint_every=args.checkpoint_every,
+                checkpoint_every_sec=args.checkpoint_every_sec or None,
+                video_every=args.video_every,
+                video_dir=args.video_dir,
             )
     except ExperimentError as exc:
         print(f"remote: the experiment failed: {exc}", file=sys.stderr)
@@ -266,6 +275,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         manager.close()
     if args.json:
         _print_json(summary)
+    elif not summary["episodes"]:
+        print(f"no episode finished (stopped or cancelled)\nlog: {summary['log']}")
     else:
         print(
             f"{summary['episodes']} episodes of {summary['env_id']} in {summary['wall_time']:.1f} s: "
@@ -354,6 +365,46 @@ def _ps_rows(everything: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any
         elif c["state"] in UP_STATES and not Owner(c["owner_pid"], c["owner_started"]).alive():
             c["state"] = "LOST"  # its host process died; `remote gc` notes it on the record
     return containers, sessions
+
+
+def cmd_checkpoint(args: argparse.Namespace) -> int:
+    from .manager import checkpoint_recorded
+    from .manager.record import Record
+    from .protocol.loop import checkpoint_folder, latest_checkpoint
+
+    record = Record()
+    logs = [
+        json.loads(session["config"]).get("log")
+        for session in record.sessions_of(
+            [row["id"] for row in record.find_running(args.target)], open_only=True
+        )
+        if session.get("config")
+    ]
+    folders = [checkpoint_folder(log) for log in logs if log]
+    before = {folder: _mtime(latest_checkpoint(folder)) for folder in folders}
+    row = checkpoint_recorded(record, args.target)
+    deadline = time.monotonic() + args.timeout
+    waiting = list(folders)
+    while waiting and time.monotonic() < deadline:
+        for folder in list(waiting):
+            newest = latest_checkpoint(folder)
+            if newest is not None and _mtime(newest) != before[folder]:
+                print(f"{row['name']}: {folder.name.removesuffix('.ckpt')} checkpointed at {newest.name}")
+                waiting.remove(folder)
+        time.sleep(0.05)
+    if not folders:
+        print(f"{row['name']}: asked its runs to checkpoint at the end of their episode")
+    if waiting:
+        print(
+            f"remote: no new checkpoint within {args.timeout:g} s in {', '.join(map(str, waiting))}",
+            file=sys.stderr,
+        )
+        return FAILED
+    return OK
+
+
+def _mtime(path: Path | None) -> float | None:
+    return path.stat().st_mtime if path is not None else None
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
@@ -677,7 +728,9 @@ def build_parser() -> argparse.ArgumentParser:
         "The agent is a factory called as factory(env, **agent_args) that returns an object\n"
         "with act(obs) (and optionally observe(obs, action, reward, next_obs, terminated,\n"
         "truncated, info)) or a plain policy(obs). Each episode is a line of the JSON-lines log,\n"
-        "written by the container as it ends: a killed run keeps every finished episode.",
+        "written by the container as it ends: a killed run keeps every finished episode.\n"
+        "The run checkpoints beside the log (LOG.ckpt; on SIGTERM too, and on `remote\n"
+        "checkpoint NAME`); --resume continues it from there, as if it had not stopped.",
     )
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("env_id", metavar="ENV_ID")
@@ -686,7 +739,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--seed", type=int, default=0, metavar="S", help="episode i is reset with seed S+i (default 0)"
     )
-    p.add_argument("--log", required=True, metavar="PATH", help="the JSON-lines log (appended to)")
+    p.add_argument("--log", required=True, metavar="PATH", help="the JSON-lines log (checkpoints beside it)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run of --log from its newest checkpoint"
+    )
+    p.add_argument("--checkpoint-every", type=_positive, metavar="N", help="checkpoint every N episodes")
+    p.add_argument(
+        "--checkpoint-every-sec",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="checkpoint at the first episode end S seconds after the last one (default 60; 0: off)",
+    )
+    p.add_argument("--video-every", type=_positive, metavar="N", help="film episodes 0, N, 2N... as MP4")
+    p.add_argument("--video-dir", metavar="DIR", help="where the videos go (default LOG.videos)")
     p.add_argument(
         "--agent-arg",
         action="append",
@@ -709,6 +775,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-a", "--all", action="store_true", help="also stopped, failed and lost containers")
     p.add_argument("--json", action="store_true", help="print containers and sessions as JSON")
+
+    p = _command(
+        commands,
+        "checkpoint",
+        "Checkpoint the runs in a container at the end of their episode",
+        cmd_checkpoint,
+        "  $ remote checkpoint run-4242\n\n"
+        "Sends SIGUSR1 to the container's server, which checkpoints every run in it (remote run,\n"
+        "RemoteRunner.run with an agent in the container) when its episode ends; waits for the\n"
+        "new checkpoints of the runs on the record. SIGUSR1 to a host process in run() does the\n"
+        "same for its run (an agent on the host too).",
+    )
+    p.add_argument("target", metavar="NAME|PID", help="a name or container pid from `remote ps`")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds to wait for the checkpoints (default 60)",
+    )
 
     for name, summary in (
         ("stop", "Stop a container gracefully (SIGTERM, then SIGKILL)"),

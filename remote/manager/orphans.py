@@ -1,5 +1,6 @@
 """Containers on the record that their manager cannot look after: the orphan sweep, and
-stopping a container from another process of its user (``remote stop``/``remote kill``).
+stopping or checkpointing a container from another process of its user (``remote stop``,
+``remote kill``, ``remote checkpoint``).
 
 A container's host process (its manager) may die without stopping it. :func:`sweep_orphans`
 marks the containers on the record whose host process is dead as lost, and kills the ones
@@ -18,7 +19,7 @@ from ..errors import UnknownContainer
 from ..runtime.limits import container_cgroups, remove_cgroups
 from ..runtime.processes import Owner
 from .processes import is_ours, kill_if_ours, process_tree, server_in, signal_tree
-from .record import Record
+from .record import Record, Row
 
 #: Events by which another process asks a container's manager not to restart it: the
 #: first for a stop, the second for a kill.
@@ -71,3 +72,22 @@ def stop_recorded(record: Record, target: str, *, kill: bool = False, timeout: f
         psutil.wait_procs(alive, timeout=5)
     remove_cgroups(cgroups)
     return row["name"]
+
+
+def checkpoint_recorded(record: Record, target: str) -> Row:
+    """Ask the runs in a running container on the record to checkpoint at the end of their
+    episode (SIGUSR1 to its server, from any process of its user); returns its record row.
+
+    Raises:
+        UnknownContainer: no running container on the record is called (or has the pid)
+            ``target`` (a KeyError too).
+    """
+    row = next(
+        (r for r in record.find_running(target) if is_ours(r["pid"], r["pid_started"], r["run_dir"])), None
+    )
+    server = server_in(row["pid"], row["run_dir"]) if row is not None else None
+    if row is None or server is None:
+        raise UnknownContainer(f"no running container named {target!r} (or with that pid); see `remote ps`")
+    record.add_event(row["id"], "CHECKPOINT_REQUESTED", f"by process {os.getpid()}")
+    os.kill(server, signal.SIGUSR1)
+    return row

@@ -122,3 +122,20 @@ def test_killing_the_host_leaves_a_readable_log(image, tmp_path):
     assert len(entries) >= 3 and len(entries) < 1000
     assert [e["episode"] for e in entries] == list(range(len(entries)))
     assert read_log(log) == entries
+
+
+def test_short_episodes_cost_one_poll_per_period_not_one_per_episode(image, test_env_options, tmp_path):
+    polls: list[int] = []
+    with remote.RemoteRunner(image, **test_env_options) as runner:
+        started = time.monotonic()
+        summary = runner.run(
+            "testagents:pushes_left",
+            300,
+            env_id="CartPole-v1",
+            log=tmp_path / "run",
+            progress=lambda d, t: polls.append(d),
+        )
+        took = time.monotonic() - started
+    assert summary["episodes"] == 300 and summary["mean_length"] < 12
+    assert len(polls) <= took / 0.5 + 2, f"{len(polls)} polls in {took:.2f} s"
+    assert polls[-1] == 300 and polls == sorted(polls)

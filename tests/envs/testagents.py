@@ -101,3 +101,8 @@ class Learner:
     def load_state_dict(self, state: dict) -> None:
         self.q = state["q"].copy()
         self.rng.bit_generator.state = state["rng"]
+
+
+def pushes_left(env: gym.Env):
+    """Always pushes left: CartPole episodes of ~10 steps."""
+    return lambda obs: 0

@@ -126,3 +126,10 @@ def runtime(request) -> Target:
             pytest.fail(f"CI=true: {reason}", pytrace=False)
         pytest.skip(reason=reason)
     return Target(name, image)
+
+
+@pytest.fixture(autouse=True)
+def _sb3_logs_in_tmp_path(tmp_path, monkeypatch) -> None:
+    """SB3's learn() makes a log folder in /tmp unless told where (SB3_LOGDIR): the tests
+    leave nothing behind."""
+    monkeypatch.setenv("SB3_LOGDIR", str(tmp_path / "sb3-logs"))

@@ -2,11 +2,16 @@
 manager (exits), to the record (sessions) and to its caller (OOM kills, paused containers).
 
 A *session* is an env opened in the container, or one :meth:`ManagedRunner.run`: a row on
-the record from its start to its end, with its steps, episodes and return.
+the record from its start to its end, with what it was (agent, config), what it did (steps,
+episodes, returns) and how it ended (``status``: finished, cancelled, failed, interrupted, or
+lost with its host process). The container's output goes to a log beside the record
+(``output_log=``, set by the manager).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +34,35 @@ class ManagedContainer(Protocol):
     def paused(self) -> bool: ...
 
     def oom_reason(self, returncode: int | None) -> str | None: ...
+
+
+def agent_name(agent: Any) -> str:
+    """How the record names an agent: its entry point ``"module:callable"``, or
+    ``"module:QualName"`` of an agent class or function, or of an agent object's class."""
+    if isinstance(agent, str):
+        return agent
+    named = agent if hasattr(agent, "__qualname__") else type(agent)
+    return f"{named.__module__}:{named.__qualname__}"
+
+
+def episodes_since(log: str | os.PathLike[str], offset: int) -> list[dict[str, Any]]:
+    """The episode lines a run appended to its log after byte ``offset`` (a line cut short,
+    or that is no JSON object, is skipped)."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(offset)
+            texts = f.read().splitlines()
+    except OSError:
+        return []
+    lines = []
+    for text in texts:
+        try:
+            line = json.loads(text)
+        except ValueError:
+            continue
+        if isinstance(line, dict) and isinstance(line.get("return"), (int, float)):
+            lines.append(line)
+    return lines
 
 
 class ManagedRunner(RemoteRunner):
@@ -63,7 +97,7 @@ class ManagedRunner(RemoteRunner):
         super().on_exit(returncode)
         if self.cgroups:  # its processes may take a moment to leave them
             threading.Thread(target=remove_cgroups, args=(self.cgroups,), daemon=True).start()
-        self._end_sessions()
+        self._end_sessions("finished" if self.closed else "failed")
         self._exited(self, returncode, self.closed)
 
     def death_error(self, code: int | None, what: str) -> ContainerDied:
@@ -85,41 +119,88 @@ class ManagedRunner(RemoteRunner):
             )
         return super().timeout_error(what)
 
+    @property
+    def name(self) -> str:
+        return self.container.name
+
     def on_env_open(self, client: RemoteEnvironmentClient) -> None:
-        session = self._record.open_session(self.container.record_id, client.env_id, self.image_sha256)
+        session = self._record.open_session(
+            self.container.record_id, client.env_id, self.image_sha256, config={"env_kwargs": client.kwargs}
+        )
         with self._sessions_lock:
             self._sessions[client] = session
 
-    def run(self, agent: str, episodes: int, *, env_id: str, seed: int = 0, **options: Any) -> dict[str, Any]:
-        """:meth:`RemoteRunner.run`, as a session on the record."""
-        session = self._record.open_session(self.container.record_id, env_id, self.image_sha256, seed)
+    def run(self, agent: Any, episodes: int, *, env_id: str, seed: int = 0, **options: Any) -> dict[str, Any]:
+        """:meth:`RemoteRunner.run`, as a session on the record: its agent and config, then
+        its end: ``finished`` (or ``cancelled``), ``failed`` if it raised, ``interrupted`` on
+        KeyboardInterrupt or SystemExit; a run that did not finish counts the episodes its
+        log got."""
+        config = {
+            "episodes": episodes,
+            "seed": seed,
+            "env_kwargs": dict(options.get("env_kwargs") or {}),
+            "agent_kwargs": dict(options.get("agent_kwargs") or {}),
+        }
+        session = self._record.open_session(
+            self.container.record_id, env_id, self.image_sha256, seed, agent=agent_name(agent), config=config
+        )
+        log = options.get("log")
+        offset = os.path.getsize(log) if log is not None and os.path.isfile(log) else 0
         summary: dict[str, Any] = {}
+        status = "interrupted"
         try:
             summary = super().run(agent, episodes, env_id=env_id, seed=seed, **options)
+            status = "cancelled" if summary.get("cancelled") else "finished"
             return summary
+        except Exception:
+            status = "failed"
+            raise
         finally:
-            self._record.end_session(
-                session,
-                seed=seed,
-                steps=summary.get("steps", 0),
-                episodes=summary.get("episodes", 0),
-                total_return=(summary.get("mean_return") or 0.0) * summary.get("episodes", 0),
-            )
+            self._end_run(session, seed, summary, status, episodes_since(log, offset) if log else [])
+
+    def _end_run(
+        self, session: int, seed: int, summary: dict[str, Any], status: str, logged: list[dict[str, Any]]
+    ) -> None:
+        """End a run's session from its summary, or (a run that raised) from the episodes it
+        logged; its final return is the summary's, else that of the last episode logged."""
+        if logged and "final_return" not in summary:
+            summary = {**summary, "final_return": float(logged[-1]["return"])}
+        if logged and not summary.get("episodes"):
+            returns = [float(line["return"]) for line in logged]
+            summary = {
+                "episodes": len(logged),
+                "steps": sum(int(line.get("length") or 0) for line in logged),
+                "mean_return": sum(returns) / len(returns),
+                "final_return": returns[-1],
+            }
+        episodes = summary.get("episodes", 0)
+        mean = summary.get("mean_return")
+        self._record.end_session(
+            session,
+            seed=seed,
+            steps=summary.get("steps", 0),
+            episodes=episodes,
+            total_return=(mean or 0.0) * episodes,
+            status=status,
+            final_return=summary.get("final_return"),
+            mean_return=mean,
+        )
 
     def on_env_close(self, client: RemoteEnvironmentClient) -> None:
         self._end_session(client)
 
     def close(self, timeout: float = 5.0) -> None:
-        self._end_sessions()
+        self._end_sessions("finished")
         super().close(timeout)
 
-    def _end_sessions(self) -> None:
+    def _end_sessions(self, status: str) -> None:
         with self._sessions_lock:
             clients = list(self._sessions)
         for client in clients:
-            self._end_session(client)
+            self._end_session(client, status)
 
-    def _end_session(self, client: RemoteEnvironmentClient) -> None:
+    def _end_session(self, client: RemoteEnvironmentClient, status: str = "finished") -> None:
+        """End an env's session: ``finished`` when it closes, ``failed`` when its container died."""
         with self._sessions_lock:
             session = self._sessions.pop(client, None)
         if session is None:
@@ -130,4 +211,5 @@ class ManagedRunner(RemoteRunner):
             steps=client.steps,
             episodes=client.episodes,
             total_return=float(client.total_return),
+            status=status,
         )

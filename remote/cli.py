@@ -28,6 +28,8 @@ from .errors import ExperimentError, RemoteError, UnknownName
 OK, FAILED, USAGE, RUNTIME = 0, 1, 2, 3
 #: States in which a container on the record may have a process.
 UP_STATES = ("STARTING", "RUNNING", "PAUSED", "STOPPING")
+#: ``remote gc`` removes the output logs of containers that ended this many days ago.
+LOG_DAYS = 7
 
 SUMMARY = "Run reinforcement-learning environments in rootless containers."
 
@@ -39,6 +41,7 @@ Examples:
   $ remote run gymnasium.sif CartPole-v1 --agent my_agents:ppo --pythonpath ./agents \\
         --episodes 100 --seed 0 --log runs/ppo.jsonl
   $ remote ps
+  $ remote logs run-1234 -f
   $ remote help <command>      (or: remote <command> --help)
 
 Exit status: 0 ok, 1 a check or run failed, 2 usage error, 3 runtime failure
@@ -95,6 +98,12 @@ def parse_age(text: str) -> float:
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
     return int(text)
 
 
@@ -300,12 +309,13 @@ def cmd_ps(args: argparse.Namespace) -> int:
             "CPU %": "-" if c["cpu_percent"] is None else f"{c['cpu_percent']:.1f}",
             "RSS": _size(c["rss"]),
             "RESTARTS": c["restarts"],
+            "SESSIONS": c["sessions"],
             "OWNER": c["owner_pid"],
             "IMAGE": c["image"],
         }
         for c in containers
     ]
-    _table(rows, ["NAME", "STATE", "PID", "UPTIME", "CPU %", "RSS", "RESTARTS", "OWNER", "IMAGE"])
+    _table(rows, ["NAME", "STATE", "PID", "UPTIME", "CPU %", "RSS", "RESTARTS", "SESSIONS", "OWNER", "IMAGE"])
     if sessions:
         print()
         now = time.time()
@@ -318,7 +328,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
                 "STEPS": s["steps"],
                 "EPISODES": s["episodes"],
                 "AGE": _duration(now - s["started"]),
-                "STATE": "open" if s["ended"] is None else ("lost" if s["lost"] else "ended"),
+                "STATE": s["status"] or ("open" if s["ended"] is None else "ended"),
             }
             for s in sessions
         ]
@@ -327,7 +337,8 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
 
 def _ps_rows(everything: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Containers (with live CPU % and RSS where they run) and sessions from the record."""
+    """Containers (with live CPU % and RSS where they run, and ``sessions``: how many are
+    open) and sessions from the record."""
     import psutil
 
     from .manager.processes import process_tree
@@ -352,6 +363,7 @@ def _ps_rows(everything: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any
         time.sleep(0.3)
     now = time.time()
     for c in containers:
+        c["sessions"] = sum(1 for s in sessions if s["container_id"] == c["id"] and s["ended"] is None)
         c["cpu_percent"], c["rss"], c["uptime"] = c.pop("sampled_cpu"), c.pop("sampled_rss"), None
         if c["id"] in trees:
             cpu, rss = 0.0, 0
@@ -416,20 +428,93 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return OK
 
 
+def cmd_logs(args: argparse.Namespace) -> int:
+    from .errors import UnknownContainer
+    from .manager.record import Record
+    from .runtime.output import follow, rotated, tail
+    from .runtime.processes import Owner
+
+    record = Record()
+    row = record.find_container(args.target)
+    log = row["log"]
+    if log is None or not (os.path.exists(log) or rotated(log).exists()):
+        where = f"its log {log} is gone" if log else "it has no log on the record"
+        raise UnknownContainer(
+            f"container {row['name']} (id {row['id']}): {where} (it ran before remote kept logs, or "
+            "`remote gc` removed it); `remote sessions` still shows what it ran"
+        )
+
+    def running() -> bool:
+        now = record.container(row["id"])
+        owner = Owner(now["owner_pid"], now["owner_started"])
+        return now["state"] in UP_STATES and not now["lost"] and owner.alive()
+
+    if not args.follow:
+        sys.stdout.write(tail(log, args.tail))
+        return OK
+    for text in follow(log, running, lines=args.tail):
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    return OK
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    from .manager.record import Record
+    from .runtime.processes import Owner
+
+    record = Record()
+    if args.name is not None:
+        args.name = record.find_container(args.name)["name"]  # UnknownContainer if none
+    sessions = record.list_sessions(args.name, everything=args.all)
+    owners: dict[tuple[int, float], bool] = {}
+    for s in sessions:
+        owner = (s.pop("owner_pid"), s.pop("owner_started"))
+        if s["status"] == "running":
+            if owner not in owners:
+                owners[owner] = Owner(*owner).alive()
+            s["status"] = "running" if owners[owner] else "lost"  # until a sweep (`remote gc`) says so
+    if args.json:
+        _print_json(sessions)
+        return OK
+
+    def number(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    rows = [
+        {
+            "ID": s["id"],
+            "CONTAINER": s["container"],
+            "ENV": s["env_id"],
+            "AGENT": s["agent"] or "-",
+            "STATUS": s["status"],
+            "EPISODES": s["episodes"],
+            "STEPS": s["steps"],
+            "FINAL": number(s["final_return"]),
+            "MEAN": number(s["mean_return"]),
+            "CHECKPOINT": "-" if s["checkpoint"] is None else s["checkpoint"],
+            "WALL": _duration(s["wall_time"] if s["ended"] is not None else time.time() - s["started"]),
+        }
+        for s in sessions
+    ]
+    columns = ["ID", "CONTAINER", "ENV", "AGENT", "STATUS", "EPISODES", "STEPS", "FINAL", "MEAN"]
+    _table(rows, [*columns, "CHECKPOINT", "WALL"])
+    return OK
+
+
 def cmd_gc(args: argparse.Namespace) -> int:
     from . import images
     from .manager import ContainerManager
-    from .runner import stale_run_dirs
+    from .manager.orphans import remove_logs, remove_stale_run_dirs
 
-    manager = ContainerManager(sample_interval=0)  # its start-up sweep does the orphans
+    manager = ContainerManager(sample_interval=0)  # its start-up sweep does orphans and run folders
     manager.close()
-    folders = stale_run_dirs()
-    for folder in folders:
-        shutil.rmtree(folder, ignore_errors=True)
+    folders = [*manager.removed_run_dirs, *remove_stale_run_dirs()]
+    logs = remove_logs(manager.record, None if args.logs else LOG_DAYS * 86400)
     pruned = images.prune(older_than=args.older_than) if args.older_than else []
     report = {
         "orphans": manager.swept,
         "run_dirs": [str(f) for f in folders],
+        "logs": logs,
         "images": [asdict(e) for e in pruned],
     }
     if args.json:
@@ -437,6 +522,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
     else:
         print(f"orphaned containers: {len(manager.swept)} {' '.join(manager.swept)}".rstrip())
         print(f"stale run folders removed: {len(folders)} {' '.join(map(str, folders))}".rstrip())
+        ended = "every ended container" if args.logs else f"containers ended over {LOG_DAYS} days ago"
+        print(f"output logs of {ended} removed: {len(logs)}")
         print(
             f"images unused for {args.older_than / 86400:g} days removed: {len(pruned)}, "
             f"{_size(sum(e.size for e in pruned))}"
@@ -796,6 +883,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for the checkpoints (default 60)",
     )
 
+    p = _command(
+        commands,
+        "logs",
+        "Show what a container printed (its output log)",
+        cmd_logs,
+        "  $ remote logs ppo-0\n  $ remote logs ppo-0 --tail 50\n  $ remote logs 12345 -f\n\n"
+        "A managed container's stdout and stderr, kept beside the record (logs/NAME-ID.log, at most\n"
+        "$REMOTE_OUTPUT_MAX_BYTES, 10 MiB, with its rotated .1) after it exits. -f follows it, across\n"
+        "rotation, until the container is no longer running.",
+    )
+    p.add_argument("target", metavar="NAME|PID", help="a container name (the latest of that name) or pid")
+    p.add_argument("-f", "--follow", action="store_true", help="print new output as it comes")
+    p.add_argument("--tail", type=_count, metavar="N", help="only the last N lines (default: all)")
+
+    p = _command(
+        commands,
+        "sessions",
+        "List sessions: envs and runs, their agent, status and returns",
+        cmd_sessions,
+        "  $ remote sessions\n  $ remote sessions ppo-0 --all\n  $ remote sessions --json\n\n"
+        "By default the open sessions of the containers `remote ps` shows, and the last 20 ended.",
+    )
+    p.add_argument("name", metavar="NAME", nargs="?", help="only the sessions of containers of this name")
+    p.add_argument("-a", "--all", action="store_true", help="every session on the record")
+    p.add_argument("--json", action="store_true", help="print the sessions as JSON")
+
     for name, summary in (
         ("stop", "Stop a container gracefully (SIGTERM, then SIGKILL)"),
         ("kill", "Kill a container at once (SIGKILL)"),
@@ -812,9 +925,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(
         commands,
         "gc",
-        "Clean up orphans, stale run folders, old images",
+        "Clean up orphans, stale run folders, old logs and images",
         cmd_gc,
-        "  $ remote gc\n  $ remote gc --older-than 7d",
+        "  $ remote gc\n  $ remote gc --older-than 7d --logs",
     )
     p.add_argument(
         "--older-than",
@@ -822,6 +935,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=parse_age("30d"),
         metavar="AGE",
         help="remove cached images unused for this long (default 30d; 0 keeps all)",
+    )
+    p.add_argument(
+        "--logs",
+        action="store_true",
+        help=f"remove the output logs of every ended container (default: ended over {LOG_DAYS} days ago)",
     )
     p.add_argument("--json", action="store_true", help="print what was removed as JSON")
 

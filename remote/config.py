@@ -1,17 +1,18 @@
 """Settings: every ``REMOTE_*`` environment variable remote reads, in one place.
 
-=======================  ====================================================================
-``REMOTE_TIMEOUT``       seconds a call may take (default 300), read at import
-``REMOTE_START_TIMEOUT`` seconds a container may take to start (default 120), read at import
-``REMOTE_RUNTIME``       the default runtime (``apptainer``)
-``REMOTE_APPTAINER``     the ``apptainer``/``singularity`` executable (default: from ``PATH``)
-``REMOTE_CACHE``         the cache folder (default ``$XDG_CACHE_HOME/remote``, ``~/.cache/remote``)
-``REMOTE_RECORD``        the record file (default ``record.sqlite`` in the cache)
-``REMOTE_PORT_RANGE``    the ports leases come from, ``LOW-HIGH`` (default 20000-32767)
-``REMOTE_CA_BUNDLE``     a CA bundle to verify image downloads with
-``REMOTE_EXPERIMENTS``   the experiments lock file (default ``./remote-experiments.json``)
-``REMOTE_IMAGE``         the image of ``gymnasium.make("remote/<id>")`` without ``image=``
-=======================  ====================================================================
+=========================== ==================================================================
+``REMOTE_TIMEOUT``          seconds a call may take (default 300), read at import
+``REMOTE_START_TIMEOUT``    seconds a container may take to start (default 120), read at import
+``REMOTE_RUNTIME``          the default runtime (``apptainer``)
+``REMOTE_APPTAINER``        the ``apptainer``/``singularity`` executable (default: from ``PATH``)
+``REMOTE_CACHE``            the cache folder (default ``$XDG_CACHE_HOME/remote``, ``~/.cache/remote``)
+``REMOTE_RECORD``           the record file (default ``record.sqlite`` in the cache)
+``REMOTE_PORT_RANGE``       the ports leases come from, ``LOW-HIGH`` (default 20000-32767)
+``REMOTE_CA_BUNDLE``        a CA bundle to verify image downloads with
+``REMOTE_EXPERIMENTS``      the experiments lock file (default ``./remote-experiments.json``)
+``REMOTE_IMAGE``            the image of ``gymnasium.make("remote/<id>")`` without ``image=``
+``REMOTE_OUTPUT_MAX_BYTES`` bytes a container's output log may hold (default 10 MiB, e.g. ``50M``)
+=========================== ==================================================================
 
 Each function reads its variable when called, so a change to ``os.environ`` takes effect
 at the next call (the two timeouts are defaults of arguments, read once at import).
@@ -24,6 +25,9 @@ import shutil
 from pathlib import Path
 
 from .errors import RuntimeNotAvailable
+
+#: Most bytes a container's output log keeps when ``REMOTE_OUTPUT_MAX_BYTES`` is not set.
+DEFAULT_OUTPUT_MAX_BYTES = 10 * 2**20
 
 #: The ports leases come from when ``REMOTE_PORT_RANGE`` is not set: below Linux's
 #: ephemeral range, so a socket bound to port 0 elsewhere does not land on a leased port.
@@ -122,3 +126,22 @@ def experiments_file() -> str | None:
 def default_image() -> str | None:
     """``$REMOTE_IMAGE``: the image of registered ``remote/<id>`` envs made without ``image=``."""
     return _get("IMAGE")
+
+
+def output_max_bytes() -> int:
+    """``$REMOTE_OUTPUT_MAX_BYTES``: most bytes a container's output log keeps, its file and
+    the rotated ``.1`` together (default :data:`DEFAULT_OUTPUT_MAX_BYTES`); a whole number,
+    optionally with a binary ``K``, ``M`` or ``G`` (``512K``, ``50M``).
+
+    Raises:
+        ValueError: the variable is not such a size, or is below 2 KiB.
+    """
+    text = _get("OUTPUT_MAX_BYTES")
+    if not text:
+        return DEFAULT_OUTPUT_MAX_BYTES
+    number, unit = text.strip().upper().rstrip("IB"), 1
+    if number[-1:] in ("K", "M", "G"):
+        number, unit = number[:-1], 2 ** (10 * ("KMG".index(number[-1]) + 1))
+    if not number.strip().isdigit() or int(number) * unit < 2048:
+        raise ValueError(f"REMOTE_OUTPUT_MAX_BYTES={text!r}: expected a size of at least 2K, e.g. 10M")
+    return int(number) * unit

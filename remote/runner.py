@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import psutil
 import Pyro5.api
 import Pyro5.errors
 
@@ -40,6 +41,7 @@ from .images.sources import Image
 from .protocol import codec, ops, rundir
 from .protocol.channel import Channel
 from .runtime import Bind, Runtime, ServerProcess, get_runtime
+from .runtime.output import ContainerOutput
 from .runtime.processes import Owner
 
 #: Seconds a call may take before :class:`CallTimeout`; ``$REMOTE_TIMEOUT`` overrides it.
@@ -48,6 +50,8 @@ DEFAULT_TIMEOUT = config.timeout()
 DEFAULT_START_TIMEOUT = config.start_timeout()
 #: Longest unix socket path accepted (the kernel's limit is 107 bytes).
 MAX_SOCKET_PATH = 100
+#: The container's output log in the run folder, unless ``output_log=`` puts it elsewhere.
+OUTPUT_LOG = "output.log"
 
 log = logging.getLogger("remote")
 
@@ -91,6 +95,12 @@ class RemoteRunner:
             ``"docker"`` or a :class:`remote.runtime.Runtime`; default ``$REMOTE_RUNTIME``.
         ports: with ``transport="tcp"``, the (control, stream) ports to serve on (e.g. leased
             with :func:`remote.ports.lease_ports`); default: ports the server picks.
+        output_log: the file the container's stdout and stderr go to, bounded: rotated to
+            ``<output_log>.1`` at half of ``$REMOTE_OUTPUT_MAX_BYTES`` (10 MiB together) and kept
+            after the container exits. Default: ``output.log`` in the run folder, which goes
+            with the container (even after ``kill -9`` of this process), so nothing is left.
+        forward_output: also log each line the container prints to the logger
+            ``remote.container`` (INFO, as ``"<name>: <line>"``).
 
     The server is one supervised process (``apptainer exec``, ``podman run``, or the Python
     itself for ``"process"``; see :mod:`remote.runtime`).
@@ -122,6 +132,8 @@ class RemoteRunner:
         make_timeout: float | None = None,
         imports: Sequence[str] = (),
         preload: Sequence[str] = (),
+        output_log: str | os.PathLike[str] | None = None,
+        forward_output: bool = False,
     ) -> None:
         _check_arguments(image, experiment, transport, ports, timeout, start_timeout)
         if make_timeout is not None and not make_timeout > 0:
@@ -144,6 +156,8 @@ class RemoteRunner:
             "make_timeout": make_timeout,
             "imports": list(imports),
             "preload": list(preload),
+            "output_log": None if output_log is None else os.fspath(output_log),
+            "forward_output": forward_output,
         }
         self._runtime = get_runtime(runtime)
         resolved = self._resolve_image(image, experiment, experiments, sha256)
@@ -166,12 +180,16 @@ class RemoteRunner:
         self._proxy: Pyro5.api.Proxy | None = None
         self._process: ServerProcess | None = None
         self.run_dir = _make_run_dir()
+        #: Where the container's output goes (see ``output_log=``; :func:`remote.runtime.output.tail`).
+        self.output_log = self.run_dir / OUTPUT_LOG
+        if output_log is not None:
+            self.output_log = Path(os.path.abspath(output_log))
         self.info: dict[str, Any] = {}
         try:  # from here on, close() undoes whatever was done
             self._secret = secrets.token_hex(32)
             self._write_run_dir(ports)
             name = f"remote-{self.run_dir.name}"
-            self._start(self._command(python, env, name), name)
+            self._start(self._command(python, env, name), name, forward_output)
             self._connect(self._wait_ready(start_timeout))
             if imports or preload:  # before the runner is handed out: then make is fast
                 took = self._slow_control(
@@ -214,15 +232,22 @@ class RemoteRunner:
             self.image, python, ["-c", BOOTSTRAP, payload, str(self.run_dir)], binds, variables, name=name
         )
 
-    def _start(self, argv: list[str], name: str) -> None:
-        """Start the supervised server process; from now on close() and SIGTERM stop it."""
-        self._log_path = Path(tempfile.mkstemp(prefix="remote-", suffix=".log")[1])
+    def _start(self, argv: list[str], name: str, forward_output: bool) -> None:
+        """Start the supervised server process, its output pumped into :attr:`output_log`;
+        from now on close() and SIGTERM stop it."""
+        try:
+            output = ContainerOutput(self.output_log, name=self.name, forward=forward_output)
+        except OSError as exc:
+            raise ContainerStartError(
+                f"cannot write the container's output to {self.output_log} ({exc.strerror}): give "
+                "output_log= a file in a writable folder"
+            ) from None
         with _live_lock:
             _live.add(self)
         _install_sigterm_handler()
         self._process = ServerProcess(
             argv,
-            self._log_path,
+            output,
             on_exit=self.on_exit,
             remove_on_exit=self.run_dir,
             cleanup=lambda: self._runtime.cleanup(name),
@@ -238,7 +263,7 @@ class RemoteRunner:
                     f"the server in {self.image} exited during start-up with code "
                     f"{self._process.returncode}; check that the image has Python 3.10+ with "
                     "numpy and gymnasium (the container's output is below)",
-                    self._process.log_tail(),
+                    self.log_tail,  # kept by on_exit: the run folder, and its log, may be gone
                 )
             if time.monotonic() > deadline:
                 raise ContainerStartError(
@@ -489,6 +514,7 @@ class RemoteRunner:
         video_every: int | None = None,
         video_dir: str | os.PathLike[str] | None = None,
         stop_grace: float = 20.0,
+        on_checkpoint: Callable[[int], None] | None = None,
     ) -> dict[str, Any]:
         """Run ``episodes`` episodes of ``env_id`` with ``agent``; episode ``i`` is reset with
         seed ``seed + i``.
@@ -518,6 +544,7 @@ class RemoteRunner:
         ends the run after the episode under way (within ``stop_grace`` seconds, else at
         once), before the program's own SIGTERM handler runs. ``resume=True`` continues
         from the newest checkpoint: the log then ends as an uninterrupted run's would.
+        ``on_checkpoint(episodes)`` is called when this process learns of a new checkpoint.
 
         Videos: with ``video_every=N``, episodes 0, N, 2N... are rendered (``render_mode=
         "rgb_array"``) and encoded on the host as ``episode-<i>.mp4`` in ``video_dir``
@@ -559,7 +586,7 @@ class RemoteRunner:
             video_every=video_every,
             video_dir=video_dir,
             stop_grace=stop_grace,
-            on_checkpoint=self.on_checkpoint,
+            on_checkpoint=on_checkpoint,
         )
 
     def experiment(self, request: bytes) -> Any:
@@ -580,9 +607,6 @@ class RemoteRunner:
             active.request()
         wait = self.timeout if timeout is None else timeout
         return [active.wait(wait, f"a checkpoint of the run in {self.image}") for active in runs]
-
-    def on_checkpoint(self, episodes: int) -> None:
-        """Called when a :meth:`run` has checkpointed, with the episodes the checkpoint covers."""
 
     @property
     def paused(self) -> bool:
@@ -628,9 +652,8 @@ class RemoteRunner:
             client.stream.drop(f"{client.env_id}: its runner was closed")
         if self._process is not None:
             self._process.stop(timeout)
+            self._process.output.close()  # drained (the watcher waited for it), or given up on
         shutil.rmtree(self.run_dir, ignore_errors=True)
-        if hasattr(self, "_log_path"):
-            self._log_path.unlink(missing_ok=True)
         with _live_lock:
             _live.discard(self)
 
@@ -648,6 +671,12 @@ class RemoteRunner:
         if connection is not None:
             proxy._pyroConnection = None  # noqa: SLF001 (its __del__ would shut the socket down)
             connection.sock.close()
+
+    @property
+    def name(self) -> str:
+        """The container's name in its forwarded output (``remote-rmt-...``, as the runtime
+        names it; a managed container's is its manager's name)."""
+        return f"remote-{self.run_dir.name}"
 
     @property
     def closed(self) -> bool:
@@ -791,14 +820,18 @@ def _claim(proxy: Pyro5.api.Proxy) -> None:
     proxy._pyroClaimOwnership()  # noqa: SLF001
 
 
+def _run_dir_prefix() -> str:
+    """``rmt-<pid>-``: a run folder is named after its host process, which tells whether it
+    is stale once the server has emptied it (config.json, which names the owner, goes too)."""
+    return f"rmt-{os.getpid()}-"
+
+
 def _run_dir_bases() -> list[str]:
     """Where run folders may go: existing folders with paths short enough for unix sockets."""
-    longest = "/" + max(rundir.SOCKETS, key=len)
+    longest = len(f"/{_run_dir_prefix()}XXXXXXXX/{max(rundir.SOCKETS, key=len)}")
     candidates = [os.environ.get("XDG_RUNTIME_DIR"), os.environ.get("TMPDIR"), "/tmp"]
     return [
-        base
-        for base in candidates
-        if base and os.path.isdir(base) and len(base) + len("/rmt-XXXXXXXX") + len(longest) < MAX_SOCKET_PATH
+        base for base in candidates if base and os.path.isdir(base) and len(base) + longest < MAX_SOCKET_PATH
     ]
 
 
@@ -806,26 +839,37 @@ def _make_run_dir() -> Path:
     """An owner-only folder for the sockets, short enough for unix socket paths."""
     for base in _run_dir_bases():
         try:
-            return Path(tempfile.mkdtemp(prefix="rmt-", dir=base))
+            return Path(tempfile.mkdtemp(prefix=_run_dir_prefix(), dir=base))
         except OSError:
             continue
     raise RemoteError("no writable folder with a short enough path for unix sockets; set TMPDIR")
 
 
+def _stale(path: Path) -> bool:
+    """True if the host process of a run folder is dead: the owner in its config.json, else
+    (a folder the server emptied as it exited) the pid in its name; False if it cannot tell
+    (an alive pid may be a later process with that pid: in doubt a folder stays)."""
+    try:
+        return not Owner(*rundir.read_owner(path)).alive()
+    except (OSError, ValueError):
+        pid = path.name.split("-")[1]
+        return pid.isdigit() and not psutil.pid_exists(int(pid))
+
+
 def stale_run_dirs() -> list[Path]:
     """This user's run folders (``rmt-*``) whose host process is dead. Normally a run folder
     goes with its container; one stays only if its sweeper was killed too (``kill -9`` of the
-    whole process group). Folders without a readable owner are left alone."""
+    whole process group). A folder whose owner cannot be told is left alone."""
     stale = []
     for base in dict.fromkeys(_run_dir_bases()):
         for path in Path(base).glob("rmt-*"):
             try:
                 if path.stat().st_uid != os.getuid():
                     continue
-                if not Owner(*rundir.read_owner(path)).alive():
-                    stale.append(path)
-            except (OSError, ValueError):
+            except OSError:
                 continue
+            if _stale(path):
+                stale.append(path)
     return stale
 
 

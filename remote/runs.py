@@ -311,8 +311,11 @@ def _run_on_host(
 
 
 def agent_name(agent: Any) -> str:
-    """``"module:QualName"`` of an agent object's class (of a function: its own)."""
-    named = agent if callable(agent) and hasattr(agent, "__qualname__") else type(agent)
+    """How a run names its agent: its entry point ``"module:callable"``, or ``"module:QualName"``
+    of an agent function, or of an agent object's class."""
+    if isinstance(agent, str):
+        return agent
+    named = agent if hasattr(agent, "__qualname__") else type(agent)
     return f"{named.__module__}:{named.__qualname__}"
 
 

@@ -12,6 +12,7 @@ import os
 import pty
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -38,6 +39,8 @@ COMMANDS = [
     "shell",
     "run",
     "ps",
+    "logs",
+    "sessions",
     "stop",
     "kill",
     "gc",
@@ -230,10 +233,13 @@ def test_ps_shows_a_running_container_with_its_usage(image, cache_root):
         assert 0 < row["uptime"] < 600
         (session,) = [s for s in report["sessions"] if s["container"] == name]
         assert session["env_id"] == "CartPole-v1" and session["ended"] is None
+        assert session["status"] == "running" and row["sessions"] == 1
         table = cli("ps").stdout.splitlines()
         assert table[0].split()[:6] == ["NAME", "STATE", "PID", "UPTIME", "CPU", "%"]
+        assert table[0].split()[7:9] == ["RESTARTS", "SESSIONS"]
         (line,) = [x for x in table if x.startswith(name)]
         assert "RUNNING" in line and "MiB" in line
+        assert line.split()[7:9] == ["0", "1"]  # RESTARTS, SESSIONS (after CPU % and an RSS of 2 words)
         env.close()
     assert name not in cli("ps").stdout  # stopped: only in `remote ps --all`
     assert name in cli("ps", "--all").stdout
@@ -304,6 +310,66 @@ def test_gc_sweeps_orphans_stale_run_folders_and_old_images(image, tmp_path, cac
     assert [e["name"] for e in report["images"]] == ["old.sif"]
     assert json.loads(cli("ps", "--all", "--json").stdout)["containers"][0]["lost"] == 1
     shutil.rmtree(stale, ignore_errors=True)
+
+
+def test_sessions_logs_and_gc_of_logs(image, tmp_path, cache_root):
+    envs = {"binds": [f"{TEST_ENVS}:{TEST_ENVS}:ro"], "env": {"PYTHONPATH": str(TEST_ENVS)}}
+    with remote.ContainerManager(prefix="sesstest", sample_interval=0) as manager:
+        old, name = manager.create(0, image), manager.create(1, image, **envs)
+        manager.start(old)
+        manager.start(name)
+        env = manager.make(name, "CartPole-v1")
+        env.reset(seed=0)
+        for _ in range(5):
+            env.step(0)
+        with pytest.raises(remote.ExperimentError, match="agent exploded"):
+            manager.runner(name).run(
+                "testagents:crashing", 10, env_id="CartPole-v1", log=tmp_path / "r.jsonl"
+            )
+        listed = json.loads(cli("sessions", "--json").stdout)
+        (open_env,) = [s for s in listed if s["container"] == name and s["ended"] is None]
+        assert (open_env["status"], open_env["agent"], open_env["ended"]) == ("running", None, None)
+        env.close()
+        logs = [manager.log_path(old), manager.log_path(name)]
+    assert all(log.exists() for log in logs)
+    done = cli("sessions", name)
+    assert done.returncode == 0, done.stderr
+    header, *lines = done.stdout.splitlines()
+    assert header.split() == [
+        "ID",
+        "CONTAINER",
+        "ENV",
+        "AGENT",
+        "STATUS",
+        "EPISODES",
+        "STEPS",
+        "FINAL",
+        "MEAN",
+        "CHECKPOINT",
+        "WALL",
+    ]
+    assert lines[0].split()[1:7] == [name, "CartPole-v1", "-", "finished", "0", "5"]
+    failed = lines[1].split()
+    assert failed[1:5] == [name, "CartPole-v1", "testagents:crashing", "failed"] and int(failed[5]) >= 1
+    returns = [line["return"] for line in remote.read_log(tmp_path / "r.jsonl")]  # what the log got
+    assert int(failed[5]) == len(returns) and failed[7:9] == [
+        f"{returns[-1]:.2f}",
+        f"{sum(returns) / len(returns):.2f}",
+    ]
+    unknown = cli("sessions", "nosuch-0")
+    assert unknown.returncode == 2 and "no container named 'nosuch-0'" in unknown.stderr
+    assert cli("logs", name).returncode == 0
+    record = sqlite3.connect(cache_root / "record.sqlite")
+    record.execute("UPDATE containers SET updated = ? WHERE name = ?", (time.time() - 8 * 86400, old))
+    record.commit()
+    record.close()
+    done = cli("gc", "--older-than", "0", "--json")  # the logs of containers ended over 7 days ago
+    assert done.returncode == 0 and json.loads(done.stdout)["logs"] == [str(logs[0])]
+    assert not logs[0].exists() and logs[1].exists()
+    done = cli("gc", "--older-than", "0", "--logs", "--json")
+    assert json.loads(done.stdout)["logs"] == [str(logs[1])] and not logs[1].exists()
+    gone = cli("logs", name)
+    assert gone.returncode == 2 and "has no log on the record" in gone.stderr
 
 
 # -- check and bench -----------------------------------------------------------------------------

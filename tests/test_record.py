@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 
 import pytest
 
@@ -75,6 +76,11 @@ CREATE TABLE port_leases (
     created REAL NOT NULL
 );
 """
+INDEXES_V2_SQL = """
+CREATE INDEX events_container ON events (container_id);
+CREATE INDEX usage_container_time ON usage (container_id, time);
+CREATE INDEX sessions_container ON sessions (container_id);
+"""
 INDEXES_V2 = {
     "events_container": ("events", ["container_id"]),
     "usage_container_time": ("usage", ["container_id", "time"]),
@@ -132,8 +138,8 @@ def test_a_version_1_file_is_migrated_with_its_rows_intact(tmp_path):
     owner = Owner.current()
     _v1_file(path, owner)
     record = Record(path)
-    assert SCHEMA_VERSION == 2 == len(MIGRATIONS)
-    assert _user_version(path) == 2
+    assert SCHEMA_VERSION == 3 == len(MIGRATIONS)
+    assert _user_version(path) == 3
     assert record.query("SELECT name, image, state, created FROM containers") == [
         {"name": "old-0", "image": "old.sif", "state": "STOPPED", "created": 10.0}
     ]
@@ -147,7 +153,59 @@ def test_a_version_1_file_is_migrated_with_its_rows_intact(tmp_path):
     assert INDEXES_V2.items() <= _indexes(path).items()
     record.close()
     Record(path).close()  # a current file is opened as it is
-    assert _user_version(path) == 2
+    assert _user_version(path) == 3
+
+
+def _v2_file(path, owner: Owner) -> None:
+    """A file of version 2, as remote 2 left it: version 1 with its indexes, and sessions
+    ended, open and lost."""
+    _v1_file(path, owner)
+    db = sqlite3.connect(path)
+    db.executescript(INDEXES_V2_SQL)
+    db.execute(
+        "INSERT INTO sessions (container_id, env_id, seed, started, ended, steps, episodes, total_return) "
+        "VALUES (1, 'CartPole-v1', 8, 20.0, 25.5, 100, 4, 80.0)"
+    )
+    db.execute(
+        "INSERT INTO sessions (container_id, env_id, started, ended, lost) VALUES (1, 'X-v0', 30.0, 31.0, 1)"
+    )
+    db.execute("PRAGMA user_version = 2")
+    db.commit()
+    db.close()
+
+
+def test_a_version_2_file_is_migrated_with_its_rows_intact(tmp_path):
+    path = tmp_path / "v2.sqlite"
+    _v2_file(path, Owner.current())
+    record = Record(path)
+    assert _user_version(path) == SCHEMA_VERSION == 3
+    assert INDEXES_V2.items() <= _indexes(path).items()
+    (container,) = record.query("SELECT name, image, state, created, log FROM containers")
+    assert container == {
+        "name": "old-0",
+        "image": "old.sif",
+        "state": "STOPPED",
+        "created": 10.0,
+        "log": None,
+    }
+    sessions = record.sessions_of([1], open_only=False)
+    assert [(s["env_id"], s["seed"], s["steps"], s["episodes"], s["total_return"]) for s in sessions] == [
+        ("CartPole-v1", 7, 42, 0, 0.0),
+        ("CartPole-v1", 8, 100, 4, 80.0),
+        ("X-v0", None, 0, 0, 0.0),
+    ]
+    # what the old rows tell is filled in; the rest is unknown
+    assert [(s["status"], s["wall_time"], s["mean_return"]) for s in sessions] == [
+        ("running", None, None),
+        ("finished", 5.5, 20.0),
+        ("lost", 1.0, None),
+    ]
+    assert all(
+        s["agent"] is s["config"] is s["checkpoint"] is s["videos"] is s["final_return"] is None
+        for s in sessions
+    )
+    assert record.last_event(1) == {"event": "STOPPED", "detail": "stop requested"}
+    record.close()
 
 
 def test_a_newer_file_is_refused(tmp_path):
@@ -191,10 +249,101 @@ def test_the_containers_events_and_sessions_through_the_interface(tmp_path):
     assert [s["container"] for s in record.sessions_of([second], open_only=True)] == ["w-0"]
     record.end_session(session, seed=3, steps=10, episodes=1, total_return=10.0)
     assert record.sessions_of([second], open_only=True) == []
+    assert record.session(session)["status"] == "finished" and record.session(session)["wall_time"] >= 0
+    record.set_container_log(second, "/logs/w-0-2.log")
+    assert record.find_container("w-0")["log"] == "/logs/w-0-2.log" == record.container(second)["log"]
+    assert record.find_container(str(os.getpid()))["id"] == second
+    with pytest.raises(remote.UnknownContainer, match="no container named 'w-9'"):
+        record.find_container("w-9")
+    assert record.ended_logs() == []  # w-0 (second) runs
+    running = record.open_session(second, "CartPole-v1", None)
     record.mark_lost(second, "lost: test")
+    assert record.session(running)["status"] == "lost" and record.session(running)["lost"] == 1
     assert [r["id"] for r in record.live_containers()] == [first] and record.find_running("w-0") == []
     assert record.last_event(second) == {"event": "LOST", "detail": "lost: test"}
     assert [c["id"] for c in record.containers_with_usage(everything=False)] == [first]
+    assert [r["log"] for r in record.ended_logs()] == ["/logs/w-0-2.log"]
+    assert record.ended_logs(before=time.time() - 3600) == []  # it ended just now
+
+
+class Opaque:
+    def __repr__(self) -> str:
+        return "Opaque()"
+
+
+def test_a_run_session_with_its_agent_config_progress_and_end(tmp_path):
+    record = Record(tmp_path / "r.sqlite")
+    container = record.add_container("w-0", "img.sif", "RUNNING", Owner.current())
+    config = {
+        "episodes": 10,
+        "seed": 0,
+        "env_kwargs": {"size": 3, 4: Opaque()},
+        "agent_kwargs": {"x": (1, 2)},
+    }
+    session = record.open_session(
+        container, "CartPole-v1", "ab" * 32, 0, agent="pkg.agents:ppo", config=config
+    )
+    row = record.session(session)
+    assert (row["status"], row["agent"], row["container"]) == ("running", "pkg.agents:ppo", "w-0")
+    assert row["config"] == {
+        "episodes": 10,
+        "seed": 0,
+        "env_kwargs": {"size": 3, "4": "Opaque()"},
+        "agent_kwargs": {"x": [1, 2]},
+    }
+    record.update_session(session, checkpoint=5, videos=[tmp_path / "a.mp4"], episodes=5)
+    assert (record.session(session)["checkpoint"], record.session(session)["videos"]) == (
+        5,
+        [str(tmp_path / "a.mp4")],
+    )
+    with pytest.raises(ValueError, match="no field ended"):
+        record.update_session(session, ended=1.0)
+    with pytest.raises(ValueError, match="status must be one of"):
+        record.update_session(session, status="exploded")
+    with pytest.raises(ValueError, match="status must be one of"):
+        record.end_session(session, seed=0, steps=1, episodes=1, total_return=1.0, status="done")
+    time.sleep(0.05)
+    record.end_session(
+        session,
+        seed=0,
+        steps=500,
+        episodes=10,
+        total_return=200.0,
+        status="cancelled",
+        final_return=30.0,
+        mean_return=20.0,
+    )
+    row = record.session(session)
+    assert (row["status"], row["steps"], row["final_return"], row["mean_return"]) == (
+        "cancelled",
+        500,
+        30.0,
+        20.0,
+    )
+    assert row["checkpoint"] == 5 and row["videos"] == [str(tmp_path / "a.mp4")]  # kept from the update
+    assert row["wall_time"] == pytest.approx(row["ended"] - row["started"]) and row["wall_time"] >= 0.05
+    with pytest.raises(KeyError):
+        record.session(999)
+
+
+def test_the_sessions_listed_by_default_and_with_everything(tmp_path):
+    record = Record(tmp_path / "r.sqlite")
+    owner = Owner.current()
+    up, down = (
+        record.add_container("up-0", "i", "RUNNING", owner),
+        record.add_container("down-0", "i", "STOPPED", owner),
+    )
+    ended = [record.open_session(down, f"E{i}-v0", None) for i in range(25)]
+    for session in ended:
+        record.end_session(session, seed=None, steps=1, episodes=0, total_return=0.0)
+    running = record.open_session(up, "R-v0", None)
+    forgotten = record.open_session(down, "F-v0", None)  # open, but its container is not shown
+    shown = [s["id"] for s in record.list_sessions()]
+    assert shown == [*ended[-20:], running]
+    assert [s["id"] for s in record.list_sessions(everything=True)] == [*ended, running, forgotten]
+    assert [s["id"] for s in record.list_sessions("up-0", everything=True)] == [running]
+    assert [s["id"] for s in record.list_sessions("down-0", ended=3)] == ended[-3:]
+    assert record.list_sessions()[-1]["container"] == "up-0" and "owner_pid" in record.list_sessions()[-1]
 
 
 def test_a_failed_part_of_a_transaction_is_undone_alone(tmp_path):

@@ -12,8 +12,11 @@ the workers of a training job. Each container has a :class:`State` and moves onl
   ``max_restarts`` times; then its state is ERROR. Every step is an event on the record.
 * A manager starts with an orphan sweep: containers on the record whose host process is
   dead are marked lost, and the ones still running (paused ones cannot see their host die)
-  are killed, after checking by start time and command line that they are ours
-  (:mod:`.orphans`).
+  are killed, after checking by start time and command line that they are ours; stale run
+  folders (of host processes killed with their sweepers) are removed (:mod:`.orphans`).
+* A container's output goes to ``logs/<name>-<record id>.log`` beside the record file
+  (bounded, see :mod:`remote.runtime.output`), noted on the record and kept after it exits
+  (``remote logs``; ``remote gc`` removes old ones).
 
 Its runners are :class:`.sessions.ManagedRunner`; what it does to a container's processes
 is in :mod:`.processes`.
@@ -27,6 +30,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -55,6 +59,8 @@ from .sessions import ManagedRunner
 
 #: Exit status of ``apptainer exec`` when the kernel killed the container (128 + SIGKILL).
 KILLED_STATUS = 128 + signal.SIGKILL
+#: The folder beside the record file that the containers' output logs go to.
+LOGS = "logs"
 
 
 class State(str, enum.Enum):
@@ -196,6 +202,8 @@ class ContainerManager:
         self.owner = Owner.current()
         #: Names of the containers the start-up sweep marked lost (see :meth:`sweep_orphans`).
         self.swept = self.sweep_orphans()
+        #: The stale run folders the start-up sweep removed (see :func:`.orphans.remove_stale_run_dirs`).
+        self.removed_run_dirs = orphans.remove_stale_run_dirs()
         if sample_interval > 0:
             threading.Thread(
                 target=self._sample_loop, args=(sample_interval,), name="remote-usage", daemon=True
@@ -306,6 +314,8 @@ class ContainerManager:
         container.limits = self.enforcement if limited else NONE
         runtime = LimitedRuntime(self._runtime, container.allocation, self.enforcement)
         ports = tuple(lease.port for lease in container.leases)
+        options = {"output_log": self.log_path(container.name), **container.options}
+        self.record.set_container_log(container.record_id, options["output_log"])
         runner = ManagedRunner(
             container,
             self.record,
@@ -314,7 +324,7 @@ class ContainerManager:
             transport=container.transport,
             runtime=runtime,
             ports=ports or None,  # type: ignore[arg-type]
-            **container.options,
+            **options,
         )
         try:
             server = server_pid(runner)
@@ -337,6 +347,12 @@ class ContainerManager:
             self._release(container)
         else:
             raise ContainerDied(f"{container.name} exited right after it started")
+
+    def log_path(self, name: str) -> Path:
+        """Where a container's output goes (unless ``output_log=`` was given to :meth:`create`):
+        ``logs/<name>-<record id>.log`` in the record file's folder, kept after it exits."""
+        container = self._get(name)
+        return self.record.path.parent / LOGS / f"{container.name}-{container.record_id}.log"
 
     def make(self, name: str, env_id: str, **kwargs: Any) -> RemoteEnvironmentClient:
         """Create ``env_id`` in a running container (see :meth:`remote.RemoteRunner.make`)."""

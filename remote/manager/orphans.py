@@ -6,17 +6,25 @@ A container's host process (its manager) may die without stopping it. :func:`swe
 marks the containers on the record whose host process is dead as lost, and kills the ones
 still running (paused ones cannot see their host die), after checking by start time and
 command line that they are ours (:func:`remote.manager.processes.is_ours`).
+:func:`remove_stale_run_dirs` removes the run folders such a host left in ``/tmp`` (when
+its sweeper died with it); :func:`remove_logs` the output logs of containers long ended.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
+import time
+from pathlib import Path
 
 import psutil
 
 from ..errors import UnknownContainer
+from ..runner import stale_run_dirs
 from ..runtime.limits import container_cgroups, remove_cgroups
+from ..runtime.output import rotated
 from ..runtime.processes import Owner
 from .processes import is_ours, kill_if_ours, process_tree, server_in, signal_tree
 from .record import Record, Row
@@ -41,6 +49,30 @@ def sweep_orphans(record: Record) -> list[str]:
             record.mark_lost(row["id"], reason)
             lost.append(row["name"])
     return lost
+
+
+def remove_stale_run_dirs() -> list[Path]:
+    """Remove this user's run folders whose host process is dead (with the output logs in
+    them; see :func:`remote.runner.stale_run_dirs`); returns them."""
+    folders = stale_run_dirs()
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+    return folders
+
+
+def remove_logs(record: Record, older_than: float | None) -> list[str]:
+    """Remove the output logs (and their rotated ``.1``) of the containers on the record that
+    ended more than ``older_than`` seconds ago (None: every ended container), and forget
+    them on the record; returns their paths."""
+    before = None if older_than is None else time.time() - older_than
+    removed = []
+    for row in record.ended_logs(before):
+        for path in (Path(row["log"]), rotated(row["log"])):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        record.set_container_log(row["id"], None)
+        removed.append(row["log"])
+    return removed
 
 
 def stop_recorded(record: Record, target: str, *, kill: bool = False, timeout: float = 10.0) -> str:

@@ -21,7 +21,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +109,20 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX usage_container_time ON usage (container_id, time)",
         "CREATE INDEX sessions_container ON sessions (container_id)",
     ],
+    [  # 3: each container's output log; what each session was (agent, config) and how it ended
+        "ALTER TABLE containers ADD COLUMN log TEXT",
+        "ALTER TABLE sessions ADD COLUMN agent TEXT",
+        "ALTER TABLE sessions ADD COLUMN config TEXT",
+        "ALTER TABLE sessions ADD COLUMN status TEXT",
+        "ALTER TABLE sessions ADD COLUMN final_return REAL",
+        "ALTER TABLE sessions ADD COLUMN mean_return REAL",
+        "ALTER TABLE sessions ADD COLUMN checkpoint INTEGER",
+        "ALTER TABLE sessions ADD COLUMN wall_time REAL",
+        "ALTER TABLE sessions ADD COLUMN videos TEXT",
+        "UPDATE sessions SET status = CASE WHEN lost = 1 THEN 'lost' WHEN ended IS NULL THEN 'running' "
+        "ELSE 'finished' END, wall_time = ended - started, "
+        "mean_return = CASE WHEN episodes > 0 THEN total_return / episodes END",
+    ],
 ]
 #: Version of the tables (SQLite's ``PRAGMA user_version``) this code reads and writes.
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -120,6 +134,20 @@ ENDED_STATES = ("STOPPED", "ERROR", "DELETED")
 RUNNING_STATES = ("STARTING", "RUNNING", "PAUSED")
 #: What ``remote ps`` shows unless asked for everything.
 SHOWN_STATES = ("CREATED", "STARTING", "RUNNING", "PAUSED")
+#: A session's ``status``: running, then how it ended (``lost``: its host process died).
+SESSION_STATUSES = ("running", "finished", "cancelled", "failed", "interrupted", "lost")
+#: The columns of a session that :meth:`Record.update_session` may set.
+SESSION_FIELDS = (
+    "seed",
+    "steps",
+    "episodes",
+    "total_return",
+    "status",
+    "final_return",
+    "mean_return",
+    "checkpoint",
+    "videos",
+)
 
 Row = dict[str, Any]
 
@@ -134,6 +162,35 @@ def default_path() -> Path:
 
 def _placeholders(values: Sequence[object]) -> str:
     return ", ".join("?" * len(values))
+
+
+def plain(value: Any) -> Any:
+    """``value`` as JSON can hold it: mappings (keys as str), lists and scalars as they are,
+    anything else as its repr."""
+    if isinstance(value, Mapping):
+        return {k if isinstance(k, str) else repr(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return repr(value)
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(plain(value))
+
+
+def _paths(paths: Iterable[str | os.PathLike[str]] | None) -> str | None:
+    """A list of file paths as JSON (None stays None)."""
+    return None if paths is None else json.dumps([os.fspath(p) for p in paths])
+
+
+def _session(row: Row) -> Row:
+    """A session row with its JSON columns (``config``, ``videos``) read."""
+    for key in ("config", "videos"):
+        if row.get(key) is not None:
+            row[key] = json.loads(row[key])
+    return row
 
 
 class Record:
@@ -271,6 +328,52 @@ class Record:
             raise UnknownContainer(f"no container named {name!r} of process {owner.pid} on {self.path}")
         return rows[0]["id"]
 
+    def set_container_log(self, container_id: int, path: str | os.PathLike[str] | None) -> None:
+        """Note where a container's output log is (None: it has none, or it was removed)."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE containers SET log = ? WHERE id = ?",
+                (None if path is None else os.fspath(path), container_id),
+            )
+
+    def container(self, container_id: int) -> Row:
+        """Every column of a container (``log`` among them).
+
+        Raises:
+            UnknownContainer: there is no container with that id.
+        """
+        rows = self.query("SELECT * FROM containers WHERE id = ?", (container_id,))
+        if not rows:
+            raise UnknownContainer(f"no container with id {container_id} on {self.path}")
+        return rows[0]
+
+    def find_container(self, target: str) -> Row:
+        """Every column of the newest container called ``target``, else (if it is a number)
+        of the newest whose container process had that pid; in any state, of any owner.
+
+        Raises:
+            UnknownContainer: none is called (or had the pid) ``target``.
+        """
+        rows = self.query("SELECT * FROM containers WHERE name = ? ORDER BY id DESC LIMIT 1", (target,))
+        if not rows and target.isdigit():
+            rows = self.query(
+                "SELECT * FROM containers WHERE pid = ? ORDER BY id DESC LIMIT 1", (int(target),)
+            )
+        if not rows:
+            raise UnknownContainer(
+                f"no container named {target!r} (or with that pid) on the record; see `remote ps --all`"
+            )
+        return rows[0]
+
+    def ended_logs(self, before: float | None = None) -> list[Row]:
+        """Containers that have ended (before the time ``before``, if given) and still have a
+        log on the record: ``id, name, log``."""
+        return self.query(
+            "SELECT id, name, log FROM containers WHERE log IS NOT NULL "
+            f"AND (lost = 1 OR state IN ({_placeholders(ENDED_STATES)})) AND updated < ? ORDER BY id",
+            (*ENDED_STATES, float("inf") if before is None else before),
+        )
+
     def find_running(self, target: str) -> list[Row]:
         """Containers not lost and in a state with a process, called ``target`` or (if it is
         a number) whose container process has that pid; newest first. Rows: ``id, name,
@@ -302,8 +405,9 @@ class Record:
             )
             self.add_event(container_id, "LOST", reason, at=now)
             db.execute(
-                "UPDATE sessions SET lost = 1, ended = ? WHERE container_id = ? AND ended IS NULL",
-                (now, container_id),
+                "UPDATE sessions SET lost = 1, ended = ?, status = 'lost', wall_time = ? - started "
+                "WHERE container_id = ? AND ended IS NULL",
+                (now, now, container_id),
             )
 
     def containers_with_usage(self, everything: bool) -> list[Row]:
@@ -344,39 +448,144 @@ class Record:
     # -- sessions and usage --------------------------------------------------------------
 
     def open_session(
-        self, container_id: int, env_id: str, image_sha256: str | None, seed: int | None = None
+        self,
+        container_id: int,
+        env_id: str,
+        image_sha256: str | None,
+        seed: int | None = None,
+        *,
+        agent: str | None = None,
+        config: Mapping[str, Any] | None = None,
     ) -> int:
-        """Start a session (an env, or a :meth:`remote.RemoteRunner.run`) in a container;
-        returns its id."""
+        """Start a session (an env, or a :meth:`remote.RemoteRunner.run` of ``agent``, its
+        entry point) in a container, status ``running``; ``config`` (episodes, seed, kwargs)
+        is kept as JSON, what JSON cannot hold as its repr. Returns the session's id."""
         with self.transaction() as db:
             cursor = db.execute(
-                "INSERT INTO sessions (container_id, env_id, seed, image_sha256, started) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (container_id, env_id, seed, image_sha256, time.time()),
+                "INSERT INTO sessions (container_id, env_id, seed, image_sha256, started, agent, config, "
+                "status) VALUES (?, ?, ?, ?, ?, ?, ?, 'running')",
+                (container_id, env_id, seed, image_sha256, time.time(), agent, _json(config)),
             )
         return cursor.lastrowid  # type: ignore[return-value]
 
-    def end_session(
-        self, session_id: int, *, seed: int | None, steps: int, episodes: int, total_return: float
-    ) -> None:
-        """End a session (now) with what it did."""
+    def update_session(self, session_id: int, **fields: Any) -> None:
+        """Set columns of a running session (``checkpoint``, ``videos``: a list of paths,
+        ``episodes``, ...: one of :data:`SESSION_FIELDS`).
+
+        Raises:
+            ValueError: a field is not such a column, or a status not one of :data:`SESSION_STATUSES`.
+        """
+        unknown = sorted(set(fields) - set(SESSION_FIELDS))
+        if unknown:
+            raise ValueError(
+                f"sessions have no field {', '.join(unknown)}; known: {', '.join(SESSION_FIELDS)}"
+            )
+        if "status" in fields and fields["status"] not in SESSION_STATUSES:
+            raise ValueError(f"status must be one of {', '.join(SESSION_STATUSES)}, not {fields['status']!r}")
+        if not fields:
+            return
+        if "videos" in fields:
+            fields["videos"] = _paths(fields["videos"])
+        names = list(fields)  # only SESSION_FIELDS: safe in the statement
         with self.transaction() as db:
             db.execute(
-                "UPDATE sessions SET ended = ?, seed = ?, steps = ?, episodes = ?, total_return = ? "
-                "WHERE id = ?",
-                (time.time(), seed, steps, episodes, total_return, session_id),
+                f"UPDATE sessions SET {', '.join(f'{name} = ?' for name in names)} WHERE id = ?",
+                (*(fields[name] for name in names), session_id),
             )
 
+    def end_session(
+        self,
+        session_id: int,
+        *,
+        seed: int | None,
+        steps: int,
+        episodes: int,
+        total_return: float,
+        status: str = "finished",
+        final_return: float | None = None,
+        mean_return: float | None = None,
+        checkpoint: int | None = None,
+        videos: Sequence[str | os.PathLike[str]] | None = None,
+    ) -> None:
+        """End a session (now) with what it did and how it ended (``status``, one of
+        :data:`SESSION_STATUSES`); ``wall_time`` is its time from start to end. A ``checkpoint``
+        or ``videos`` left None keeps what :meth:`update_session` set.
+
+        Raises:
+            ValueError: ``status`` is not one of :data:`SESSION_STATUSES`.
+        """
+        if status not in SESSION_STATUSES:
+            raise ValueError(f"status must be one of {', '.join(SESSION_STATUSES)}, not {status!r}")
+        now = time.time()
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE sessions SET ended = ?, seed = ?, steps = ?, episodes = ?, total_return = ?, "
+                "status = ?, final_return = ?, mean_return = ?, checkpoint = COALESCE(?, checkpoint), "
+                "videos = COALESCE(?, videos), wall_time = ? - started WHERE id = ?",
+                (
+                    now,
+                    seed,
+                    steps,
+                    episodes,
+                    total_return,
+                    status,
+                    final_return,
+                    mean_return,
+                    checkpoint,
+                    _paths(videos),
+                    now,
+                    session_id,
+                ),
+            )
+
+    def session(self, session_id: int) -> Row:
+        """Every column of a session (``config`` and ``videos`` read from JSON), with its
+        container's ``name`` as ``container``.
+
+        Raises:
+            KeyError: there is no session with that id.
+        """
+        rows = self.query(
+            "SELECT s.*, c.name AS container FROM sessions s LEFT JOIN containers c ON c.id = s.container_id "
+            "WHERE s.id = ?",
+            (session_id,),
+        )
+        if not rows:
+            raise KeyError(f"no session {session_id} on {self.path}")
+        return _session(rows[0])
+
+    def list_sessions(self, name: str | None = None, everything: bool = False, ended: int = 20) -> list[Row]:
+        """Sessions (of the containers called ``name``, if given), by id: all of them if
+        ``everything``, else the open ones of the containers ``remote ps`` shows and the last
+        ``ended`` that ended. Rows: every column (``config``, ``videos`` read from JSON), the
+        container's ``name`` as ``container``, its ``owner_pid`` and ``owner_started``."""
+        named = "(? IS NULL OR c.name = ?)"
+        where, args = named, [name, name]
+        if not everything:
+            where += (
+                f" AND ((s.ended IS NULL AND c.lost = 0 AND c.state IN ({_placeholders(SHOWN_STATES)})) "
+                "OR s.id IN (SELECT s.id FROM sessions s JOIN containers c ON c.id = s.container_id "
+                f"WHERE s.ended IS NOT NULL AND {named} ORDER BY s.ended DESC LIMIT ?))"
+            )
+            args += [*SHOWN_STATES, name, name, ended]
+        rows = self.query(
+            "SELECT s.*, c.name AS container, c.owner_pid, c.owner_started FROM sessions s "
+            f"JOIN containers c ON c.id = s.container_id WHERE {where} ORDER BY s.id",
+            tuple(args),
+        )
+        return [_session(row) for row in rows]
+
     def sessions_of(self, container_ids: Sequence[int], open_only: bool) -> list[Row]:
-        """Sessions of these containers (only those not ended if ``open_only``), with the
-        container's ``name`` as ``container``; by id."""
-        return self.query(
+        """Sessions of these containers (only those not ended if ``open_only``; ``config`` and
+        ``videos`` read from JSON), with the container's ``name`` as ``container``; by id."""
+        rows = self.query(
             "SELECT s.*, c.name AS container FROM sessions s JOIN containers c ON c.id = s.container_id "
             f"WHERE s.container_id IN ({_placeholders(container_ids)})"
             + (" AND s.ended IS NULL" if open_only else "")
             + " ORDER BY s.id",
             tuple(container_ids),
         )
+        return [_session(row) for row in rows]
 
     def add_usage(self, samples: Iterable[tuple[int, float, float, int]]) -> None:
         """Usage samples ``(container_id, time, cpu_percent, rss)``, in one transaction."""

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..errors import RuntimeNotAvailable
+from .output import ContainerOutput
 
 #: Run by ``sh`` with the lifeline as stdin and args (folder, process group id): when the
 #: lifeline closes, wait up to 3 s for the group to exit, kill what is left, remove the folder.
@@ -26,6 +27,11 @@ done
 exec rm -rf -- "$1"
 """
 
+#: Seconds the watcher waits for the output pump to drain the pipe once the process is gone.
+DRAIN_TIMEOUT = 2.0
+#: The most of its output an error message shows (see :meth:`ServerProcess.log_tail`).
+TAIL_BYTES = 16384
+
 #: The ServerProcesses of this process whose lifeline is open (see :func:`close_lifelines_in_child`).
 _live: weakref.WeakSet[ServerProcess] = weakref.WeakSet()
 
@@ -37,9 +43,10 @@ class ServerProcess:
     closing it, or the host process dying, tells the server to exit. A tiny ``sh`` on the
     same lifeline (the *sweeper*) then gives the process group a few seconds to exit, kills
     what is left of it, and removes ``remove_on_exit``, which the container cannot do itself
-    (a folder bound into a container is a mount point there). Output goes to ``log_path``. A
-    watcher thread waits for the process, kills its group, calls ``cleanup()`` and then
-    ``on_exit(returncode)`` the moment it ends, however it ends.
+    (a folder bound into a container is a mount point there). Its stdout and stderr go to
+    ``output`` (:class:`remote.runtime.output.ContainerOutput`, a bounded log). A watcher
+    thread waits for the process, kills its group, calls ``cleanup()``, lets ``output`` drain
+    and then calls ``on_exit(returncode)`` the moment it ends, however it ends.
 
     A child forked from this process (``AsyncVectorEnv``'s workers, ``multiprocessing``)
     closes its copy of the lifeline at once, so that only this process keeps the server
@@ -49,30 +56,32 @@ class ServerProcess:
     def __init__(
         self,
         argv: Sequence[str],
-        log_path: Path,
+        output: ContainerOutput,
         on_exit: Callable[[int], None] | None = None,
         remove_on_exit: Path | None = None,
         cleanup: Callable[[], None] | None = None,
     ) -> None:
-        self.log_path = log_path
+        self.output = output
         self._lock = threading.RLock()  # re-entrant: see runner._on_sigterm
         self._owner = os.getpid()  # another pid: a forked child, which must leave the server alone
         lifeline_r, self._lifeline = os.pipe()
         _live.add(self)
         try:
-            with open(log_path, "ab") as log:
-                try:
-                    self.proc = subprocess.Popen(
-                        list(argv),
-                        stdin=lifeline_r,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                        close_fds=True,
-                    )
-                except OSError as exc:
-                    os.close(self._lifeline)
-                    raise RuntimeNotAvailable(f"cannot run {argv[0]!r}: {exc}") from None
+            try:
+                self.proc = subprocess.Popen(
+                    list(argv),
+                    stdin=lifeline_r,
+                    stdout=output.writer,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    close_fds=True,
+                )
+            except OSError as exc:
+                os.close(self._lifeline)
+                output.close(0.0)
+                raise RuntimeNotAvailable(f"cannot run {argv[0]!r}: {exc}") from None
+            finally:
+                output.close_writer()  # the child has its own: EOF comes when its processes are gone
             self._sweeper = None
             if remove_on_exit is not None:
                 self._sweeper = subprocess.Popen(
@@ -96,6 +105,7 @@ class ServerProcess:
         self._kill_group(signal.SIGKILL)  # what the server started, if no PID namespace took it
         if self._cleanup is not None:
             self._cleanup()
+        self.output.join(DRAIN_TIMEOUT)  # its last words, before on_exit reads them
         self._close_lifeline()
         if self._sweeper is not None:  # the host is alive and cleans up itself (on_exit)
             self._sweeper.kill()
@@ -110,15 +120,17 @@ class ServerProcess:
     def returncode(self) -> int | None:
         return self.proc.returncode if self.exited.is_set() else None
 
+    @property
+    def log_path(self) -> Path:
+        """The log of the process's output."""
+        return self.output.path
+
     def log_tail(self, lines: int = 20) -> str:
-        """The last lines the process printed."""
+        """The last lines the process printed (at most :data:`TAIL_BYTES` of them)."""
         try:
-            with open(self.log_path, "rb") as f:
-                f.seek(max(0, f.seek(0, os.SEEK_END) - 16384))
-                text = f.read().decode(errors="replace")
+            return self.output.tail(lines, TAIL_BYTES).rstrip("\n")
         except OSError:
             return ""
-        return "\n".join(text.splitlines()[-lines:])
 
     @property
     def inherited(self) -> bool:

@@ -185,6 +185,31 @@ class TypeErrorEnv(gym.Env):
         return np.zeros(1, np.float32), 0.0, False, False, {}
 
 
+class ChattyEnv(gym.Env):
+    """Prints a line of ``nbytes`` to stdout on every step (``chatty <episode>:<step> xxx...``),
+    and truncates its episodes after ``length`` steps: an env that talks a lot."""
+
+    observation_space = spaces.Box(0.0, 1.0, (1,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self, nbytes: int = 10240, length: int = 1000) -> None:
+        self.padding = "x" * nbytes
+        self.length = length
+        self.episode = -1
+        self.t = 0
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        self.episode += 1
+        self.t = 0
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        print(f"chatty {self.episode}:{self.t} {self.padding}")
+        return np.zeros(1, np.float32), 1.0, False, self.t >= self.length, {}
+
+
 def make_echo(nbytes: int = 8, max_steps: int = 5) -> gym.Env:
     """A factory function ("testenvs:make_echo"): an EchoEnv that ends after ``max_steps``."""
     return gym.wrappers.TimeLimit(EchoEnv(nbytes), max_episode_steps=max_steps)

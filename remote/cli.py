@@ -386,7 +386,7 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
 
     record = Record()
     logs = [
-        json.loads(session["config"]).get("log")
+        session["config"].get("log")
         for session in record.sessions_of(
             [row["id"] for row in record.find_running(args.target)], open_only=True
         )

@@ -190,6 +190,61 @@ def test_run_an_experiment(image, tmp_path, cache_root):
     assert [(s["env_id"], s["seed"], s["episodes"]) for s in sessions][:2] == [("CartPole-v1", 3, 5)] * 2
 
 
+def test_remote_checkpoint_then_stop_then_run_resume_gives_the_uninterrupted_log(image, tmp_path, cache_root):
+    log = tmp_path / "run.jsonl"
+    args = ["run", image, "CartPole-v1", "--pythonpath", str(TEST_ENVS), "--agent", "testagents:Walker"]
+    args += [
+        "--episodes",
+        "60",
+        "--agent-arg",
+        "delay=0.003",
+        "--checkpoint-every-sec",
+        "0",
+        "--log",
+        str(log),
+    ]
+    running = subprocess.Popen(
+        [sys.executable, "-m", "remote.cli", *args, "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+    )
+    name = f"run-{running.pid}"
+    deadline = time.monotonic() + 60
+    while not (log.exists() and len(remote.read_log(log)) >= 3):
+        assert running.poll() is None and time.monotonic() < deadline, (
+            running.stderr.read() if running.poll() else ""
+        )
+        time.sleep(0.02)
+    asked = cli("checkpoint", name)
+    assert asked.returncode == 0 and f"{name}: run.jsonl checkpointed at ep-" in asked.stdout, asked.stderr
+    assert cli("stop", name).returncode == 0  # SIGTERM: the run checkpoints at the end of its episode
+    out, err = running.communicate(timeout=60)
+    assert running.returncode == 0, err
+    stopped = json.loads(out)
+    assert (
+        stopped["stopped"] and stopped["checkpoint"] == stopped["episodes"] == len(remote.read_log(log)) < 60
+    )
+    again = cli(*args, "--resume", "--json")
+    assert again.returncode == 0, again.stderr
+    resumed = json.loads(again.stdout)
+    assert resumed["resumed_from"] == stopped["episodes"] and resumed["episodes"] == 60
+    with remote.RemoteRunner(
+        image, binds=[f"{TEST_ENVS}:{TEST_ENVS}:ro"], env={"PYTHONPATH": str(TEST_ENVS)}
+    ) as runner:
+        runner.run("testagents:Walker", 60, env_id="CartPole-v1", log=tmp_path / "whole")
+    key = [(x["episode"], x["seed"], x["return"]) for x in remote.read_log(log)]
+    assert key == [(x["episode"], x["seed"], x["return"]) for x in remote.read_log(tmp_path / "whole")]
+    sessions = json.loads(cli("sessions", "--all", "--json").stdout)
+    mine = [s for s in sessions if s["config"] and s["config"].get("log") == str(log)]
+    assert [(s["status"], s["checkpoint"]) for s in mine] == [
+        ("interrupted", stopped["episodes"]),
+        ("finished", 60),
+    ]
+
+
 def test_run_draws_a_progress_bar_on_a_terminal(image, tmp_path, cache_root):
     master, terminal = pty.openpty()
     args = ["run", image, "CartPole-v1", "--pythonpath", str(TEST_ENVS), "--episodes", "5"]

@@ -46,6 +46,8 @@ from ..protocol.ops import (
 #: Seconds an experiment has, on SIGTERM, to end its episode and checkpoint (Slurm gives a
 #: job 30 s between SIGTERM and SIGKILL by default).
 STOP_GRACE = 20.0
+#: Seconds, after that, for the host to poll the summaries of the stopped experiments.
+REPORT_GRACE = 2.0
 
 
 def load_agent(entry_point: str) -> Callable[..., Any]:
@@ -214,6 +216,13 @@ class Experiments:
             if not experiment.done.wait(max(0.0, deadline - time.monotonic())):
                 experiment.loop.cancelled.set()
                 experiment.done.wait(1.0)
+        deadline = time.monotonic() + REPORT_GRACE  # the host's next poll takes the summary
+        while time.monotonic() < deadline:
+            with self.lock:
+                if not any(e in self.running.values() for e in experiments):
+                    break
+            time.sleep(0.01)
+        time.sleep(0.05)  # for the reply to leave
 
 
 #: The shared registry of the server process.

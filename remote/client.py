@@ -389,7 +389,9 @@ def remaking_spec(fields: dict[str, Any] | None, client: RemoteEnvironmentClient
     they would locally (``max_episode_steps=`` of make can shorten them, not lengthen them).
     """
     runner = client.runner
-    options = {k: v for k, v in runner.options.items() if k not in ("experiment", "experiments")}
+    # a new container writes its own output log (two would rotate one file each their way)
+    left_out = ("experiment", "experiments", "output_log")
+    options = {k: v for k, v in runner.options.items() if k not in left_out}
     if runner.image_sha256:
         options["sha256"] = runner.image_sha256  # the image resolved: the very same file again
     make_args = {k: options.pop(k) for k in ("transport", "timeout", "runtime") if k in options}

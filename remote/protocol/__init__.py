@@ -9,5 +9,6 @@ the container, on the image's own Python, imports this package and nothing of th
   (with their sizes and status codes), errors as plain data and back;
 * :mod:`.spaces`: gymnasium spaces as plain data;
 * :mod:`.rundir`: the files of a run folder (config, secret, ready) both sides read;
-* :mod:`.runlog`: the experiment log the container writes and the host reads.
+* :mod:`.runlog`: the experiment log the container writes and the host reads;
+* :mod:`.recording`: the raw frames of a recorded episode, which the host encodes to MP4.
 """

@@ -46,6 +46,7 @@ __all__ = [
     "ExperimentError",
     "ResourceUnavailable",
     "RecordError",
+    "VideoError",
 ]
 
 
@@ -162,6 +163,11 @@ class ResourceUnavailable(RemoteError):
 
 class RecordError(RemoteError):
     """The record file (SQLite) cannot be used: another schema version, or not a database."""
+
+
+class VideoError(RemoteError):
+    """An episode could not be encoded to MP4 or an MP4 read back: imageio is missing
+    (``pip install 'remote[video]'``), ffmpeg failed, or a recording file is not one."""
 
 
 class RemoteEnvError(RemoteError):

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # setup.sh - everything remote needs on a fresh Debian 12 machine, idempotent:
 #   1. Apptainer (scripts/install-apptainer.sh; needs root),
-#   2. a virtual environment .venv with remote, its dev tools and the cluster extra (ray,
-#      submitit: ~80 MB, ~10 s) (pip install -e .[dev,cluster]),
+#   2. a virtual environment .venv with remote, its dev tools, the cluster extra (ray,
+#      submitit: ~80 MB, ~10 s) and the video extra (imageio, imageio-ffmpeg: a static
+#      ffmpeg of ~170 MB) (pip install -e .[dev,cluster,video]),
 #   3. the test images in .images/ (scripts/build-test-images.sh; needs root),
 #   4. for the process runtime, two venvs with conflicting numpy versions: .venvs/envA
 #      (numpy 1.x) and .venvs/envB (numpy 2.x), each with gymnasium 1.x,
@@ -52,7 +53,7 @@ if [ "$EXAMPLE" = 1 ]; then
   log "done in $(( $(date +%s) - t0 )) s"
   exit 0
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,cluster]"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,cluster,video]"
 # Stable-Baselines3 on CPU torch for the PPO test; torch pinned to the CPU build this machine
 # kind keeps on disk (an unpinned torch would pull a CUDA build of several GB)
 .venv/bin/python -m pip install -q --disable-pip-version-check "torch==${TORCH_VERSION:-2.13.0}" "stable-baselines3>=2.3" \

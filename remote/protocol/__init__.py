@@ -11,5 +11,6 @@ the container, on the image's own Python, imports this package and nothing of th
 * :mod:`.rundir`: the files of a run folder (config, secret, ready) both sides read;
 * :mod:`.runlog`: the experiment log the container writes and the host reads;
 * :mod:`.loop`: the experiment loop, its log and checkpoints, run in the container for an
-  agent there and on the host for an agent object.
+  agent there and on the host for an agent object;
+* :mod:`.recording`: the raw frames of a recorded episode, which the host encodes to MP4.
 """

@@ -41,6 +41,7 @@ from .errors import (
     UnknownImage,
     UnknownName,
     VersionMismatch,
+    VideoError,
 )
 
 if TYPE_CHECKING:
@@ -142,6 +143,7 @@ __all__ = [
     "OutOfMemory",
     "ProtocolError",
     "RecordError",
+    "VideoError",
     "RemoteEnvError",
     "RemoteError",
     "ResourceUnavailable",

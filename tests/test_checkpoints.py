@@ -289,3 +289,44 @@ def test_pause_with_a_checkpoint_then_resume_the_run_goes_on(image, test_env_opt
         worker.join(60)
         events = [e["event"] for e in manager.record.query("SELECT event FROM events")]
     assert results and results[0]["episodes"] == 60 and "CHECKPOINT" in events
+
+
+# -- videos -----------------------------------------------------------------------------------
+
+
+def test_videos_of_a_run_in_the_container_and_on_the_host_have_a_frame_per_step_plus_one(
+    envs_image, test_env_options, tmp_path
+):
+    from remote.manager import ContainerManager
+    from remote.manager.record import Record
+    from remote.video import count_frames
+
+    record = Record(tmp_path / "record.sqlite")
+    with ContainerManager(record, sample_interval=0) as manager:
+        name = manager.create(0, envs_image, cpus=0, **test_env_options)
+        manager.start(name)
+        inside = manager.run(
+            name, "testagents:pushes_left", 5, env_id="CartPole-v1", log=tmp_path / "in.jsonl", video_every=2
+        )
+        host_agent, out_log, host_videos = (
+            testagents.Walker(seed=0),
+            tmp_path / "out.jsonl",
+            tmp_path / "host-videos",
+        )
+        outside = manager.run(
+            name, host_agent, 2, env_id="CartPole-v1", log=out_log, video_every=1, video_dir=host_videos
+        )
+    videos = tmp_path / "in.jsonl.videos"
+    assert inside["videos"] == [str(videos / f"episode-{i:06d}.mp4") for i in (0, 2, 4)]
+    assert sorted(p.name for p in videos.iterdir()) == [
+        "episode-000000.mp4",
+        "episode-000002.mp4",
+        "episode-000004.mp4",
+    ]
+    lengths = [line["length"] for line in read_log(tmp_path / "in.jsonl")]
+    assert [count_frames(v) for v in inside["videos"]] == [lengths[i] + 1 for i in (0, 2, 4)]
+    lengths = [line["length"] for line in read_log(tmp_path / "out.jsonl")]
+    assert [count_frames(v) for v in outside["videos"]] == [n + 1 for n in lengths]
+    assert outside["videos"][0].startswith(str(tmp_path / "host-videos"))
+    runs = [s for s in record.list_sessions(name, everything=True) if s["agent"]]  # (an env session too)
+    assert [s["videos"] for s in runs] == [inside["videos"], outside["videos"]]

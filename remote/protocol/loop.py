@@ -324,7 +324,7 @@ class EpisodeLoop:
         _write_synced(self.folder / f".{LATEST}.tmp", name)
         os.rename(self.folder / f".{LATEST}.tmp", self.folder / LATEST)
         _fsync_dir(self.folder)
-        for old in self.folder.glob("ep-*"):
+        for old in [*self.folder.glob("ep-*"), *self.folder.glob(".ep-*.tmp")]:  # (of a killed run too)
             if old.name != name:
                 shutil.rmtree(old, ignore_errors=True)
         self._last_checkpoint = time.monotonic()

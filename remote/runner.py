@@ -436,10 +436,10 @@ class RemoteRunner:
 
     def open_group(
         self, env_id: str, count: int, kwargs: Mapping[str, Any], wrappers: Sequence[WrapperSpec] = ()
-    ) -> tuple[dict[str, Any], EnvStream]:
+    ) -> tuple[list[int], dict[str, Any], EnvStream]:
         """Create ``count`` envs served together on one stream (see :mod:`remote.vector`),
-        each with ``wrappers`` (as :meth:`open_env`'s): the first env's description and the
-        group's stream."""
+        each with ``wrappers`` (as :meth:`open_env`'s): their handles (for :meth:`call_env`),
+        the first env's description and the group's stream."""
         encoded = _encode_kwargs(env_id, kwargs)
         encoded_wrappers = _encode_wrappers(_wrapper_list(wrappers))
         handles, description = [], {}
@@ -447,7 +447,7 @@ class RemoteRunner:
             made = self._create(env_id, encoded, encoded_wrappers)
             handles.append(made["handle"])
             description = made["description"]
-        return description, self._open_stream({"envs": handles}, f"{env_id} x{count}")
+        return handles, description, self._open_stream({"envs": handles}, f"{env_id} x{count}")
 
     def _create(
         self, env_id: str, encoded_kwargs: bytes, encoded_wrappers: bytes | None = None

@@ -25,12 +25,202 @@ from gymnasium.vector.utils import batch_space, concatenate, create_empty_array,
 from .client import EnvStream, spec_from
 from .errors import InvalidAction, ProtocolError, RemoteError
 from .protocol import spaces as space_codec
-from .protocol.ops import CLOSE, CLOSE_REPLY_SIZE, RESET, RESET_REPLY_SIZE, STEP, STEP_REPLY_SIZE
+from .protocol.ops import (
+    AUTORESET_NEXT_STEP,
+    CLOSE,
+    CLOSE_REPLY_SIZE,
+    RESET,
+    RESET_REPLY_SIZE,
+    STEP,
+    STEP_REPLY_SIZE,
+)
 from .runner import DEFAULT_TIMEOUT, RemoteRunner, WrapperSpec
 from .seeding import seeds_for
 
 #: Spaces whose batch is one array, split into actions row by row.
 _ARRAY_SPACES = (Box, MultiDiscrete, MultiBinary)
+
+
+class EnvGroups:
+    """``num_envs`` copies of an env in containers of ``envs_per_container`` envs each, one
+    stream per container: the core of :class:`RemoteVectorEnv` and of
+    :class:`remote.sb3.RemoteVecEnv`.
+
+    The containers start concurrently; each request goes to every container before any reply
+    is read. Observations are batched with gymnasium's ``batch_space``/``concatenate`` rules
+    into one buffer (``(num_envs, *shape)`` arrays, a dict or tuple of them), which later
+    calls overwrite: copy it to keep it.
+    """
+
+    def __init__(
+        self,
+        env_id: str,
+        num_envs: int,
+        *,
+        image: str | os.PathLike[str],
+        envs_per_container: int | None = None,
+        runner_options: Mapping[str, Any] | None = None,
+        wrappers: Sequence[WrapperSpec] = (),
+        env_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        per = num_envs if envs_per_container is None else envs_per_container
+        if num_envs < 1 or per < 1:
+            raise ValueError("num_envs and envs_per_container must be at least 1")
+        self.num_envs = num_envs
+        #: Envs per container, and their ``(start, stop)`` indices.
+        self.group_sizes = [min(per, num_envs - start) for start in range(0, num_envs, per)]
+        self.slices = [(start, min(start + per, num_envs)) for start in range(0, num_envs, per)]
+        #: Per container: its runner, the handles of its envs (for ``runner.call_env``), its stream.
+        self.runners: list[RemoteRunner] = []
+        self.handles: list[list[int]] = []
+        self.streams: list[EnvStream] = []
+        options, kwargs = dict(runner_options or {}), dict(env_kwargs or {})
+
+        def start(size: int) -> tuple[RemoteRunner, list[int], dict[str, Any], EnvStream]:
+            runner = RemoteRunner(image, **options)
+            try:
+                return runner, *runner.open_group(env_id, size, kwargs, wrappers)
+            except BaseException:
+                runner.close()
+                raise
+
+        with ThreadPoolExecutor(max_workers=len(self.group_sizes)) as pool:
+            futures = [pool.submit(start, size) for size in self.group_sizes]
+        started = [f.result() for f in futures if f.exception() is None]
+        for runner, handles, _, stream in started:
+            self.runners.append(runner)
+            self.handles.append(handles)
+            self.streams.append(stream)
+        failed = [f.exception() for f in futures if f.exception() is not None]
+        if failed:
+            self.close()
+            raise failed[0]  # type: ignore[misc]
+
+        #: The first env's description (spaces, metadata, render mode, spec).
+        self.description: dict[str, Any] = started[0][2]
+        self.single_observation_space = space_codec.rebuild(self.description["observation_space"])
+        self.single_action_space = space_codec.rebuild(self.description["action_space"])
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self._observations = create_empty_array(self.single_observation_space, n=num_envs, fn=np.zeros)
+
+    def reset(
+        self, seeds: list[int | None], options: dict[str, Any] | list[dict[str, Any] | None] | None
+    ) -> tuple[Any, list[dict[str, Any]]]:
+        """Reset every env, env ``i`` with ``seeds[i]`` and ``options`` (or ``options[i]``):
+        the batched observations and one info per env."""
+        if type(options) is list:
+            if len(options) != self.num_envs:
+                raise ValueError(f"got {len(options)} options for {self.num_envs} envs")
+            args = [[seeds[a:b], options[a:b]] for a, b in self.slices]
+        else:
+            args = [[seeds[a:b], options] for a, b in self.slices]
+        replies = self.request(RESET, args, RESET_REPLY_SIZE)
+        for (a, b), reply in zip(self.slices, replies, strict=True):
+            self._check_lists(reply, b - a, RESET)
+        return self._batch([r[1] for r in replies]), [info for r in replies for info in r[2]]
+
+    def step(
+        self, actions: Any, autoreset: str = AUTORESET_NEXT_STEP
+    ) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
+        """Step every env with its row of ``actions`` (of the batched action space): the
+        batched observations, rewards (float64), terminations and truncations (bool), and
+        one info per env. ``autoreset``: when an env that ended is reset, see
+        :mod:`remote.protocol.ops` (``AUTORESET_SAME_STEP``: in this step, its info then
+        holds ``"final_obs"`` and ``"final_info"``)."""
+        if type(actions) is np.ndarray and isinstance(self.action_space, _ARRAY_SPACES):
+            if actions.shape[:1] != (self.num_envs,):
+                raise ValueError(f"actions of shape {actions.shape} for {self.num_envs} envs")
+            each: Any = actions  # the server splits rows as gymnasium's iterate does
+        else:
+            each = list(iterate(self.action_space, actions))
+        if autoreset == AUTORESET_NEXT_STEP:  # the request as before
+            args = [each[a:b] for a, b in self.slices]
+        else:
+            args = [{"actions": each[a:b], "autoreset": autoreset} for a, b in self.slices]
+        replies = self.request(STEP, args, STEP_REPLY_SIZE)
+        for (a, b), reply in zip(self.slices, replies, strict=True):
+            self._check_lists(reply, b - a, STEP)
+            for column in (2, 3, 4):
+                value = reply[column]
+                if type(value) is not np.ndarray or value.shape != (b - a,):
+                    raise ProtocolError(f"malformed step reply: {value!r:.80}")
+        if len(replies) == 1:  # one container: its arrays as they came
+            _, obs, rewards, terminations, truncations, infos = replies[0]
+            return (
+                self._batch([obs]),
+                rewards.astype(np.float64, copy=False),
+                terminations.astype(np.bool_, copy=False),
+                truncations.astype(np.bool_, copy=False),
+                infos,
+            )
+        return (
+            self._batch([r[1] for r in replies]),
+            np.concatenate([r[2] for r in replies]).astype(np.float64, copy=False),
+            np.concatenate([r[3] for r in replies]).astype(np.bool_, copy=False),
+            np.concatenate([r[4] for r in replies]).astype(np.bool_, copy=False),
+            [info for r in replies for info in r[5]],
+        )
+
+    def request(self, op: str, args: list[Any], size: int) -> list[list[Any]]:
+        """Send ``op`` to every container (``args[g]`` to container ``g``), then read every
+        reply (``size`` items each). Every stream is read even when one fails, so all stay
+        in step; the first error is raised after."""
+        error: BaseException | None = None
+        sent = 0
+        try:
+            for stream, group_args in zip(self.streams, args, strict=True):
+                stream.send(op, group_args)
+                sent += 1
+        except TypeError as exc:
+            error = InvalidAction(f"action cannot be sent: {exc}")
+        except RemoteError as exc:
+            error = exc
+        replies = []
+        for stream in self.streams[:sent]:
+            try:
+                replies.append(stream.receive(op, size))
+            except RemoteError as exc:
+                error = error or exc
+        if error is not None:
+            raise error
+        return replies
+
+    def locate(self, index: int) -> tuple[RemoteRunner, int]:
+        """The runner of env ``index`` and the env's handle in its container."""
+        if not 0 <= index < self.num_envs:
+            raise IndexError(f"env index {index} out of range for {self.num_envs} envs")
+        group, offset = divmod(index, self.group_sizes[0])
+        return self.runners[group], self.handles[group][offset]
+
+    @staticmethod
+    def _check_lists(reply: list[Any], count: int, op: str) -> None:
+        """Observations (one stacked array or a list) and infos for ``count`` envs."""
+        observations, infos = reply[1], reply[-1]
+        stacked = type(observations) is np.ndarray and observations.ndim > 0
+        if not ((stacked or type(observations) is list) and type(infos) is list):
+            raise ProtocolError(f"malformed {op} reply for {count} envs")
+        if not len(observations) == len(infos) == count:
+            raise ProtocolError(f"malformed {op} reply for {count} envs")
+
+    def _batch(self, groups: list[Any]) -> Any:
+        """Batch the groups' observations (each stacked in one array, or a list) into the buffer."""
+        if all(type(g) is np.ndarray for g in groups) and isinstance(self._observations, np.ndarray):
+            np.concatenate(groups, axis=0, out=self._observations)  # as concatenate's np.stack(out=)
+        else:
+            observations = [obs for group in groups for obs in group]
+            self._observations = concatenate(self.single_observation_space, observations, self._observations)
+        return self._observations
+
+    def close(self) -> None:
+        """Close the envs and stop their containers. Safe to call more than once."""
+        for stream in self.streams:
+            if stream.open:
+                with contextlib.suppress(RemoteError):
+                    stream.call(CLOSE, None, CLOSE_REPLY_SIZE)
+                stream.drop("the vector env is closed")
+        if self.runners:
+            with ThreadPoolExecutor(max_workers=len(self.runners)) as pool:
+                list(pool.map(RemoteRunner.close, self.runners))
 
 
 class RemoteVectorEnv(VectorEnv):
@@ -55,45 +245,28 @@ class RemoteVectorEnv(VectorEnv):
         wrappers: Sequence[WrapperSpec] = (),
         **env_kwargs: Any,
     ) -> None:
-        per = num_envs if envs_per_container is None else envs_per_container
-        if num_envs < 1 or per < 1:
-            raise ValueError("num_envs and envs_per_container must be at least 1")
-        self.num_envs = num_envs
         self.copy = copy
-        self.group_sizes = [min(per, num_envs - start) for start in range(0, num_envs, per)]
-        self._slices = [(start, min(start + per, num_envs)) for start in range(0, num_envs, per)]
-        self._runners: list[RemoteRunner] = []
-        self._streams: list[EnvStream] = []
-        options = {"transport": transport, "timeout": timeout, **(runner_options or {})}
-
-        def start(size: int) -> tuple[RemoteRunner, dict[str, Any], EnvStream]:
-            runner = RemoteRunner(image, **options)
-            try:
-                description, stream = runner.open_group(env_id, size, env_kwargs, wrappers)
-            except BaseException:
-                runner.close()
-                raise
-            return runner, description, stream
-
-        with ThreadPoolExecutor(max_workers=len(self.group_sizes)) as pool:
-            futures = [pool.submit(start, size) for size in self.group_sizes]
-        started = [f.result() for f in futures if f.exception() is None]
-        self._runners = [runner for runner, _, _ in started]
-        self._streams = [stream for _, _, stream in started]
-        failed = [f.exception() for f in futures if f.exception() is not None]
-        if failed:
-            self.close_extras()
-            raise failed[0]  # type: ignore[misc]
-
-        description = started[0][1]
-        self.single_observation_space = space_codec.rebuild(description["observation_space"])
-        self.single_action_space = space_codec.rebuild(description["action_space"])
+        self.groups = EnvGroups(
+            env_id,
+            num_envs,
+            image=image,
+            envs_per_container=envs_per_container,
+            runner_options={"transport": transport, "timeout": timeout, **(runner_options or {})},
+            wrappers=wrappers,
+            env_kwargs=env_kwargs,
+        )
+        groups = self.groups
+        self.num_envs = num_envs
+        self.group_sizes = groups.group_sizes
+        self._runners, self._streams = groups.runners, groups.streams
+        description = groups.description
+        self.single_observation_space = groups.single_observation_space
+        self.single_action_space = groups.single_action_space
         self.observation_space = batch_space(self.single_observation_space, num_envs)
-        self.action_space = batch_space(self.single_action_space, num_envs)
+        self.action_space = groups.action_space
         self.metadata = {**(description.get("metadata") or {}), "autoreset_mode": AutoresetMode.NEXT_STEP}
         self.render_mode = description.get("render_mode")
         self.spec = spec_from(description.get("spec"))
-        self._observations = create_empty_array(self.single_observation_space, n=num_envs, fn=np.zeros)
 
     def reset(
         self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
@@ -102,96 +275,34 @@ class RemoteVectorEnv(VectorEnv):
         seeds = seeds_for(seed, self.num_envs)
         if options is not None and "reset_mask" in options:
             raise ValueError("options['reset_mask'] is not supported by remote vector envs")
-        replies = self._on_all(RESET, [[seeds[a:b], options] for a, b in self._slices], RESET_REPLY_SIZE)
-        observations, infos = [], {}
-        for (a, b), reply in zip(self._slices, replies, strict=True):
-            self._check_lists(reply, b - a, RESET)
-            observations.append(reply[1])
-            for i, info in enumerate(reply[2], start=a):
-                infos = self._add_info(infos, info, i)
-        return self._batch(observations), infos
+        observations, each = self.groups.reset(seeds, options)
+        return self._out(observations), self._merged(each)
 
     def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Step every env (an env that ended on the previous step is reset instead)."""
-        if type(actions) is np.ndarray and isinstance(self.action_space, _ARRAY_SPACES):
-            if actions.shape[:1] != (self.num_envs,):
-                raise ValueError(f"actions of shape {actions.shape} for {self.num_envs} envs")
-            each: Any = actions  # the server splits rows as gymnasium's iterate does
-        else:
-            each = list(iterate(self.action_space, actions))
-        replies = self._on_all(STEP, [each[a:b] for a, b in self._slices], STEP_REPLY_SIZE)
-        observations, infos = [], {}
-        for (a, b), reply in zip(self._slices, replies, strict=True):
-            self._check_lists(reply, b - a, STEP)
-            for column in (2, 3, 4):
-                value = reply[column]
-                if type(value) is not np.ndarray or value.shape != (b - a,):
-                    raise ProtocolError(f"malformed step reply: {value!r:.80}")
-            observations.append(reply[1])
-            for i, info in enumerate(reply[5], start=a):
-                infos = self._add_info(infos, info, i)
-        rewards = np.concatenate([r[2] for r in replies]).astype(np.float64, copy=False)
-        terminations = np.concatenate([r[3] for r in replies]).astype(np.bool_, copy=False)
-        truncations = np.concatenate([r[4] for r in replies]).astype(np.bool_, copy=False)
-        return self._batch(observations), rewards, terminations, truncations, infos
+        observations, rewards, terminations, truncations, each = self.groups.step(actions)
+        return self._out(observations), rewards, terminations, truncations, self._merged(each)
 
-    def _on_all(self, op: str, args: list[Any], size: int) -> list[list[Any]]:
-        """Send ``op`` to every container, then read every reply (``size`` items each). Every
-        stream is read even when one fails, so all stay in step; the first error is raised after."""
-        error: BaseException | None = None
-        sent = 0
-        try:
-            for stream, group_args in zip(self._streams, args, strict=True):
-                stream.send(op, group_args)
-                sent += 1
-        except TypeError as exc:
-            error = InvalidAction(f"action cannot be sent: {exc}")
-        except RemoteError as exc:
-            error = exc
-        replies = []
-        for stream in self._streams[:sent]:
-            try:
-                replies.append(stream.receive(op, size))
-            except RemoteError as exc:
-                error = error or exc
-        if error is not None:
-            raise error
-        return replies
+    def _out(self, observations: Any) -> Any:
+        return deepcopy(observations) if self.copy else observations
 
-    @staticmethod
-    def _check_lists(reply: list[Any], count: int, op: str) -> None:
-        """Observations (one stacked array or a list) and infos for ``count`` envs."""
-        observations, infos = reply[1], reply[-1]
-        stacked = type(observations) is np.ndarray and observations.ndim > 0
-        if not ((stacked or type(observations) is list) and type(infos) is list):
-            raise ProtocolError(f"malformed {op} reply for {count} envs")
-        if not len(observations) == len(infos) == count:
-            raise ProtocolError(f"malformed {op} reply for {count} envs")
-
-    def _batch(self, groups: list[Any]) -> Any:
-        """Batch the groups' observations (each stacked in one array, or a list)."""
-        if all(type(g) is np.ndarray for g in groups) and isinstance(self._observations, np.ndarray):
-            np.concatenate(groups, axis=0, out=self._observations)  # as concatenate's np.stack(out=)
-        else:
-            observations = [obs for group in groups for obs in group]
-            self._observations = concatenate(self.single_observation_space, observations, self._observations)
-        return deepcopy(self._observations) if self.copy else self._observations
+    def _merged(self, each: list[dict[str, Any]]) -> dict[str, Any]:
+        """One info per env, merged as gymnasium's vector envs merge them."""
+        infos: dict[str, Any] = {}
+        for i, info in enumerate(each):
+            infos = self._add_info(infos, info, i)
+        return infos
 
     def close_extras(self, **kwargs: Any) -> None:
         """Close the envs and stop their containers."""
-        for stream in self._streams:
-            if stream.open:
-                with contextlib.suppress(RemoteError):
-                    stream.call(CLOSE, None, CLOSE_REPLY_SIZE)
-                stream.drop("the vector env is closed")
-        if self._runners:
-            with ThreadPoolExecutor(max_workers=len(self._runners)) as pool:
-                list(pool.map(RemoteRunner.close, self._runners))
+        groups = self.__dict__.get("groups")  # absent if the containers did not start
+        if groups is not None:
+            groups.close()
 
     @property
     def runners(self) -> list[RemoteRunner]:
         """The runners of the containers, one per group of envs."""
-        return list(self._runners)
+        return list(self.groups.runners)
 
     def __repr__(self) -> str:
         return f"<RemoteVectorEnv {self.num_envs} envs in {len(self.group_sizes)} containers>"

@@ -25,6 +25,13 @@ rewards float64, terminations bool, truncations bool, [info, ...]]``; ``[RESET, 
 options]]`` → ``[OK, observations, [info, ...]]``; ``observations`` is one array stacking
 them all when they are arrays of one dtype and shape, else their list. An env ended by a
 group ``step`` is reset by the next one (reward 0), as gymnasium's ``NEXT_STEP`` autoreset.
+Two extensions, neither of which changes a request of the forms above: the step may be
+``[STEP, {"actions": [action, ...] (or the array), "autoreset": mode}]``, ``mode``
+:data:`AUTORESET_NEXT_STEP` (as the plain form) or :data:`AUTORESET_SAME_STEP`: an env that
+ends is reset within this step (unseeded, no options) and its items are those of the new
+episode's first observation, with the info ``{**reset_info, "final_obs": last obs,
+"final_info": last info}`` (gymnasium's ``SAME_STEP`` autoreset, and SB3's: one round trip
+per step); the reset's ``options`` may be a list, one dict or None per env.
 Any request that fails is answered ``[ERROR, error]``; a closed env refuses all but ``close``.
 
 **Control** (Pyro5 with the msgpack serializer; the handshake data is :func:`hello` without
@@ -85,6 +92,9 @@ REPLY_SIZE: dict[str, int] = {STEP: 6, RESET: 3, RENDER: 2, CLOSE: 2}
 
 #: The operations a group of envs serves (one env serves all of :data:`REPLY_SIZE`).
 GROUP_OPS = frozenset({STEP, RESET, CLOSE})
+
+#: The autoreset modes of a group ``step`` (see the module's docstring).
+AUTORESET_NEXT_STEP, AUTORESET_SAME_STEP = "next_step", "same_step"
 
 # the sizes as constants, for the hot path: no lookup per call
 STEP_REPLY_SIZE = REPLY_SIZE[STEP]

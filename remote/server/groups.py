@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ProtocolError
-from ..protocol.ops import CLOSE, OK, RESET, STEP
+from ..protocol.ops import AUTORESET_NEXT_STEP, AUTORESET_SAME_STEP, CLOSE, OK, RESET, STEP
 from .envs import RemoteEnvironmentServer, dispatch
 
 
@@ -18,7 +18,9 @@ class EnvGroupServer:
     (an env that ended is reset by the next ``step``, which returns reward 0).
 
     ``step`` takes a list of actions, or an array whose rows are the actions (as gymnasium's
-    ``iterate`` splits a batched Box/MultiDiscrete/MultiBinary action). The requests and
+    ``iterate`` splits a batched Box/MultiDiscrete/MultiBinary action), or either in a map
+    that also names the autoreset mode (``"same_step"``: an env that ended is reset within
+    the step, as SB3's vector envs do). The requests and
     replies are those of :data:`remote.protocol.ops.GROUP_OPS`, listed in :mod:`remote.protocol.ops`.
     """
 
@@ -31,8 +33,14 @@ class EnvGroupServer:
             CLOSE: self.close,
         }
 
-    def step(self, actions: Any) -> list[Any]:
+    def step(self, args: Any) -> list[Any]:
         envs = self.envs
+        actions, same_step = args, False
+        if type(args) is dict:  # {"actions": ..., "autoreset": mode}
+            actions, mode = args.get("actions"), args.get("autoreset", AUTORESET_NEXT_STEP)
+            if mode not in (AUTORESET_NEXT_STEP, AUTORESET_SAME_STEP):
+                raise ProtocolError(f"autoreset must be {AUTORESET_NEXT_STEP!r} or {AUTORESET_SAME_STEP!r}")
+            same_step = mode == AUTORESET_SAME_STEP
         if type(actions) is np.ndarray and actions.ndim > 0:
             actions = list(actions)
         if type(actions) is not list or len(actions) != len(envs):
@@ -48,12 +56,18 @@ class EnvGroupServer:
                 reward, terminated, truncated = 0.0, False, False
             else:
                 obs, reward, terminated, truncated, info = env.env.step(action)
+            ended = bool(terminated or truncated)
+            if ended and same_step:
+                final_obs, final_info = obs, info
+                obs, info = env.env.reset()
+                info = {**info, "final_obs": final_obs, "final_info": final_info}
+                ended = False
             observations.append(obs)
             rewards.append(reward)
             terminations.append(terminated)
             truncations.append(truncated)
             infos.append(info)
-            autoreset[i] = bool(terminated or truncated)
+            autoreset[i] = ended
         return [
             OK,
             _stacked(observations),
@@ -64,17 +78,19 @@ class EnvGroupServer:
         ]
 
     def reset(self, args: Any) -> list[Any]:
-        if not (
-            type(args) is list and len(args) == 2 and type(args[0]) is list and len(args[0]) == len(self.envs)
-        ):
-            raise ProtocolError(f"reset expects [[seed] * {len(self.envs)}, options]")
+        count = len(self.envs)
+        if not (type(args) is list and len(args) == 2 and type(args[0]) is list and len(args[0]) == count):
+            raise ProtocolError(f"reset expects [[seed] * {count}, options or [options] * {count}]")
         seeds, options = args
+        each = options if type(options) is list else [options] * count
+        if len(each) != count:
+            raise ProtocolError(f"reset expects [[seed] * {count}, options or [options] * {count}]")
         observations, infos = [], []
-        for env, seed in zip(self.envs, seeds, strict=True):
-            _, obs, info = env.reset([seed, options])
+        for env, seed, env_options in zip(self.envs, seeds, each, strict=True):
+            _, obs, info = env.reset([seed, env_options])
             observations.append(obs)
             infos.append(info)
-        self.autoreset = [False] * len(self.envs)
+        self.autoreset = [False] * count
         return [OK, _stacked(observations), infos]
 
     def close(self, _: Any = None) -> list[Any]:

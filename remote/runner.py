@@ -570,24 +570,8 @@ class RemoteRunner:
         """
         from .runs import run
 
-        return run(
-            self,
-            agent,
-            episodes,
-            env_id=env_id,
-            log=log,
-            env_kwargs=env_kwargs,
-            agent_kwargs=agent_kwargs,
-            seed=seed,
-            progress=progress,
-            resume=resume,
-            checkpoint_every=checkpoint_every,
-            checkpoint_every_sec=checkpoint_every_sec,
-            video_every=video_every,
-            video_dir=video_dir,
-            stop_grace=stop_grace,
-            on_checkpoint=on_checkpoint,
-        )
+        options = {k: v for k, v in locals().items() if k not in ("self", "agent", "episodes", "run")}
+        return run(self, agent, episodes, **options)
 
     def experiment(self, request: bytes) -> Any:
         """One :data:`remote.protocol.ops.EXPERIMENT` request (codec bytes); its reply."""

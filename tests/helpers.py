@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -119,3 +121,19 @@ def image_reference(image: str, request: dict) -> dict:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(*args: str, timeout: float = 300, cwd: Path = ROOT, **env: str) -> subprocess.CompletedProcess:
+    """Run `python -m remote.cli ARGS` (this checkout's code) in ``cwd`` and return what it did."""
+    variables = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "100", **env}
+    return subprocess.run(
+        [sys.executable, "-m", "remote.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=variables,
+        cwd=cwd,
+    )

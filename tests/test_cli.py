@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import wait_gone
+from helpers import cli, wait_gone
 from https_server import ImageServer
 
 import remote
@@ -55,19 +55,6 @@ def cache_root(tmp_path, monkeypatch) -> Path:
     root = tmp_path / "cache"
     monkeypatch.setenv("REMOTE_CACHE", str(root))
     return root
-
-
-def cli(*args: str, timeout: float = 180, **env: str) -> subprocess.CompletedProcess:
-    """Run `python -m remote.cli ARGS` (this checkout's code) and return what it did."""
-    variables = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "100", **env}
-    return subprocess.run(
-        [sys.executable, "-m", "remote.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=variables,
-        cwd=ROOT,
-    )
 
 
 # -- help and usage ------------------------------------------------------------------------------

@@ -6,30 +6,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import cli
 
 import remote
 from remote.images.inspect import shell_command
 from remote.images.payload import payload_dir
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def cli(*args: str, timeout: float = 300, cwd: Path = ROOT, **env: str) -> subprocess.CompletedProcess:
-    """Run `python -m remote.cli ARGS` (this checkout's code) in ``cwd`` and return what it did."""
-    variables = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "100", **env}
-    return subprocess.run(
-        [sys.executable, "-m", "remote.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=variables,
-        cwd=cwd,
-    )
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers import wait_gone
+from helpers import cli, wait_gone
 
 import remote
 from remote.manager import ContainerManager
@@ -28,17 +28,6 @@ from remote.runtime.output import ContainerOutput, follow, rotated, tail
 
 ROOT = Path(__file__).resolve().parent.parent
 CHATTY = "testenvs:ChattyEnv"
-
-
-def cli(*args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
-    variables = {**os.environ, "PYTHONPATH": str(ROOT), **env}
-    return subprocess.run(
-        [sys.executable, "-m", "remote.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=variables,
-    )
 
 
 def log_size(path: Path) -> int:

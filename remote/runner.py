@@ -54,6 +54,7 @@ MAX_SOCKET_PATH = 100
 OUTPUT_LOG = "output.log"
 
 log = logging.getLogger("remote")
+_SLOW_CODEC_WARNED: list[str] = []  # the image of the one warning per process about a slow codec
 
 #: A wrapper made in the container: ``"module:Wrapper"`` or ``("module:Wrapper", kwargs)``.
 WrapperSpec = str | tuple[str, Mapping[str, Any]]
@@ -292,6 +293,15 @@ class RemoteRunner:
             self.image_sha256,
             *(self.info.get(k) for k in ("remote", "gymnasium", "numpy", "python")),
         )
+        if self.info.get("codec") == "pure-python" and not _SLOW_CODEC_WARNED:
+            _SLOW_CODEC_WARNED.append(self.image)
+            log.warning(
+                "%s runs msgpack's pure-Python fallback (its Python is %s; the host's compiled msgpack "
+                "loads only on the host's Python version): its steps take ~1.3-1.6x as long; an image "
+                "with the host's Python version avoids it",
+                self.image,
+                self.info.get("python"),
+            )
 
     # -- control calls (Pyro5) ---------------------------------------------------------------
 

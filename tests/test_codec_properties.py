@@ -194,3 +194,32 @@ def test_graph_space_round_trip():
 def test_values_the_codec_refuses(value):
     with pytest.raises((TypeError, OverflowError)):
         codec.dumps(value)
+
+
+FLAT_LEAVES = st.one_of(LEAVES, big_arrays())
+FLAT_LISTS = st.lists(
+    st.one_of(FLAT_LEAVES, st.dictionaries(st.text(max_size=5), FLAT_LEAVES, max_size=4)), max_size=6
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.one_of(FLAT_LISTS, FRAMED_VALUES), st.booleans())
+def test_values_round_trip_bit_identical_through_flat_bodies(value, flat):
+    """Frames where msgpack is the pure-Python fallback: lists of leaves and of dicts of
+    leaves go as flat bodies (large arrays out of band), all else as msgpack."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(codec, "FLAT_BODIES", flat)
+        a, b = socket.socketpair()
+        with a, b:
+            sender = threading.Thread(target=frame_channel.Channel(a).send, args=(value,))
+            sender.start()
+            received = frame_channel.Channel(b, 4096).recv()
+            sender.join()
+    assert same(received, value)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=64))
+def test_random_bytes_never_crash_the_flat_decoder(data):
+    with contextlib.suppress(ProtocolError):
+        codec.loads(bytes((codec.FLAT,)) + data)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
+import sys
 import threading
 
 import gymnasium as gym
@@ -181,3 +183,212 @@ def test_an_env_stream_given_a_malformed_error_says_so_and_drops(payload):
         with pytest.raises(ProtocolError, match="malformed reply to step"):
             stream.receive(ops.STEP, ops.STEP_REPLY_SIZE)
         assert not stream.open
+
+
+# -- numpy scalars and flat bodies -----------------------------------------------------------------
+
+
+def _scalars() -> list[np.generic]:
+    """Every scalar type at its edges: NaNs with payloads (signalling ones too), -0.0, ±inf,
+    the extreme integers, and the types of no short form."""
+    values: list[np.generic] = []
+    for kind in codec.SCALAR_TYPES:
+        dtype = np.dtype(kind)
+        if dtype.kind in "iu":
+            info = np.iinfo(dtype)
+            values += [kind(info.min), kind(info.max), kind(0), kind(-1 if dtype.kind == "i" else 1)]
+        elif dtype.kind == "f":
+            bits = {
+                2: [0x7C01, 0xFE00],
+                4: [0x7F800001, 0xFFC00123],
+                8: [0x7FF0000000000001, 0xFFF8000000000042],
+            }
+            unsigned = np.dtype(f"u{dtype.itemsize}")
+            values += [np.array(b, unsigned).view(dtype)[()] for b in bits[dtype.itemsize]]
+            values += [kind(-0.0), kind(np.inf), kind(-np.inf), kind(1.5), np.finfo(dtype).tiny]
+        elif dtype.kind == "c":
+            values += [kind(1.5 - 2j), kind(complex(np.nan, -0.0))]
+        else:
+            values += [np.bool_(True), np.bool_(False)]
+    others = [np.longlong(-5), np.ulonglong(5), np.datetime64(7, "ns"), np.str_("ab")]
+    return values + others + [np.bytes_(b"x\x00y"), np.timedelta64(-3, "s"), np.void(b"\x01\x02")]
+
+
+def _same_scalar(got, want) -> bool:
+    """The same bits and type: the type its dtype string names (np.longlong is np.int64's twin)."""
+    kind = np.dtype(want.dtype.str).type
+    return type(got) is kind and got.dtype == want.dtype and got.tobytes() == want.tobytes()
+
+
+def _pair() -> tuple[frame_channel.Channel, frame_channel.Channel]:
+    a, b = socket.socketpair()
+    return frame_channel.Channel(a), frame_channel.Channel(b)
+
+
+def _through(sender: frame_channel.Channel, receiver: frame_channel.Channel, value):
+    thread = threading.Thread(target=sender.send, args=(value,))
+    thread.start()
+    try:
+        return receiver.recv()
+    finally:
+        thread.join()
+
+
+@pytest.mark.parametrize("flat", [False, True])
+def test_numpy_scalars_round_trip_exactly(monkeypatch, flat):
+    """As values, in a step reply's info, through frames (flat bodies or msgpack): the same
+    type and the same bits (a float32 NaN is not quieted on the way)."""
+    monkeypatch.setattr(codec, "FLAT_BODIES", flat)
+    scalars = _scalars()
+    for value in scalars:
+        assert _same_scalar(codec.loads(codec.dumps(value)), value), value
+    sender, receiver = _pair()
+    with sender.sock, receiver.sock:
+        info = {f"k{i}": value for i, value in enumerate(scalars)}
+        reply = _through(sender, receiver, [ops.OK, np.arange(3.0), scalars[0], False, True, info])
+        assert list(reply[5]) == list(info)
+        assert all(_same_scalar(reply[5][key], value) for key, value in info.items())
+        assert _same_scalar(reply[2], scalars[0])
+
+
+F64 = 0x80 + codec.SCALAR_TYPES.index(np.float64)
+F32 = 0x80 + codec.SCALAR_TYPES.index(np.float32)
+
+
+def test_numpy_scalars_take_the_short_form():
+    assert codec.dumps(np.float64(1.5)) == b"\xc7\x09\x03" + bytes((F64,)) + struct.pack("<d", 1.5)
+    assert codec.dumps(np.float32(1.5)) == b"\xc7\x05\x03" + bytes((F32,)) + struct.pack("<f", 1.5)
+    old = msgpack.packb(msgpack.ExtType(codec.EXT_SCALAR, b"\x03<f8\x00" + struct.pack("<d", 2.5)))
+    assert _same_scalar(codec.loads(old), np.float64(2.5))  # the long form of before is still read
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",
+        bytes((F64,)) + b"\x00" * 7,  # a byte short
+        bytes((F64,)) + b"\x00" * 9,  # a byte long
+        bytes((F32,)) + b"\x00" * 3,
+        bytes((0x80 + len(codec.SCALAR_TYPES),)) + b"\x00" * 8,  # no such type
+        b"\x03<f8\x00" + b"\x00" * 7,  # the long form, short
+        b"\x03<f8\x01" + struct.pack("<q", 1) + b"\x00" * 8,  # the long form with a shape
+        b"\x02|O\x00" + b"\x00" * 8,  # an object
+        b"\x05<zzzz\x00",  # no dtype
+    ],
+)
+def test_a_malformed_scalar_payload_raises_protocol_error(payload):
+    with pytest.raises(ProtocolError):
+        codec.loads(msgpack.packb(msgpack.ExtType(codec.EXT_SCALAR, payload)))
+
+
+STEP_REPLY = [
+    ops.OK,
+    np.arange(11.0),
+    np.float64(1.25),
+    False,
+    True,
+    {"x": np.float64(0.5), "n": 3, "s": "é"},
+]
+
+
+def test_flat_bodies_are_the_hot_paths_messages_and_read_back():
+    body = codec.flat(STEP_REPLY, codec.inline_ext)
+    assert body is not None and body[0] == codec.FLAT
+    back = codec.loads(body)
+    assert back[1].tobytes() == STEP_REPLY[1].tobytes() and _same_scalar(back[2], STEP_REPLY[2])
+    assert back[3:5] == [False, True] and back[5] == STEP_REPLY[5] and type(back[5]["x"]) is np.float64
+    assert codec.loads(codec.flat([ops.STEP, 2**64 - 1, -(2**63), None, 1.5], codec.inline_ext)) == [
+        ops.STEP, 2**64 - 1, -(2**63), None, 1.5,
+    ]  # fmt: skip
+    for other in ([[1]], [{1: 2}], [{"a": [1]}], [(1,)], [b"x"], [{"k" * 256: 1}], [0] * 256, [np.str_("a")]):
+        assert codec.flat(other, codec.inline_ext) is None, other
+    with pytest.raises(OverflowError):
+        codec.flat([2**64], codec.inline_ext)
+
+
+def test_every_cut_or_corrupted_flat_body_raises_protocol_error():
+    body = codec.flat(STEP_REPLY, codec.inline_ext)
+    for end in range(len(body)):
+        with pytest.raises(ProtocolError):
+            codec.loads(body[:end])
+    for bad in (
+        body + b"\x00",
+        body[:2] + b"q" + body[3:],
+        b"\xc1\x01g\xff" + b"\x00" * 8,
+        b"\xc1\x01s\xff\xff\xff\xff",
+    ):
+        with pytest.raises(ProtocolError):
+            codec.loads(bad)
+
+
+def test_flat_frames_carry_out_of_band_arrays_and_tuples_stay_msgpack(monkeypatch):
+    monkeypatch.setattr(codec, "FLAT_BODIES", True)
+    big, small = np.arange(50_000, dtype=np.float32), np.arange(4, dtype=np.float32)
+    nested = (0, small, 1.0, False, False, {})  # a tuple shaped like a step reply: msgpack inside
+    sender, receiver = _pair()
+    with sender.sock, receiver.sock:
+        for value in (
+            [ops.OK, big, 1.0, False, False, {"frame": big[::-2].copy(), "small": small}],
+            [ops.OK, nested, 0.0, False, False, {}],
+            [ops.STEP, np.int64(1)],
+        ):
+            for _ in range(2):
+                back = _through(sender, receiver, value)
+                assert codec.dumps(back) == codec.dumps(value)
+                assert type(back[1]) is type(value[1])
+
+
+FALLBACK_CHILD = """
+import json, socket, sys
+import numpy as np
+from remote.protocol import codec
+from remote.server.control import server_info
+assert codec.FLAT_BODIES and codec.MSGPACK == server_info()["codec"] == "pure-python"
+from remote.protocol.channel import Channel
+values = eval(sys.argv[1], {"np": np})
+a, b = socket.socketpair()
+def body(value):  # the body of the frame a channel sends (small: one read)
+    Channel(a).send(value)
+    return b.recv(65536)[8:].hex()
+print(json.dumps({
+    "dumps": [codec.dumps(v).hex() for v in values],
+    "frames": [body(v) for v in values],
+    "read": [codec.dumps(codec.loads(bytes.fromhex(h))).hex() for h in sys.argv[2:]],
+}))
+"""
+
+FALLBACK_VALUES = """[
+    [0, np.arange(4, dtype=np.float32), 1.0, False, False, {}],
+    ["step", np.int64(1)],
+    ["step", np.zeros(3, np.float32)],
+    [0, np.arange(11.0), np.float64(1.2), False, False,
+     {"x": np.float64(0.5), "c": np.float32(-7e-4), "r": 1.0, "lives": 3, "ok": np.bool_(True)}],
+    [0, np.zeros(2), {"seed": [1, 2]}],
+    {"a": (1, (2.5, np.float32(3))), 7: [np.int64(4), None, np.datetime64(3, "s")], "b": b"\\x00"},
+    np.uint16(9),
+]"""
+
+
+def test_the_pure_python_msgpack_gives_the_same_bytes_and_values():
+    """``dumps`` is byte for byte the same with msgpack's fallback; frames there go flat
+    where they can, and each side reads what the other wrote."""
+    import os
+    import subprocess
+
+    values = eval(FALLBACK_VALUES, {"np": np})  # noqa: S307 (our own literal)
+    ours = [codec.dumps(v).hex() for v in values]
+    env = {**os.environ, "MSGPACK_PUREPYTHON": "1"}
+    child = [sys.executable, "-c", FALLBACK_CHILD, FALLBACK_VALUES, *ours]
+    got = json.loads(subprocess.run(child, env=env, check=True, capture_output=True, text=True).stdout)
+    assert got["dumps"] == ours
+    assert got["read"] == ours
+    for value, frame in zip(values, got["frames"], strict=True):
+        data = bytes.fromhex(frame)
+        assert (data[0] == codec.FLAT) == (type(value) is list and "seed" not in repr(value)), value
+        assert codec.dumps(codec.loads(data)) == codec.dumps(value)
+
+
+def test_the_server_says_which_msgpack_it_runs():
+    from remote.server.control import server_info
+
+    assert server_info()["codec"] == codec.MSGPACK == "compiled"

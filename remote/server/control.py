@@ -39,7 +39,7 @@ class RemoteRunnerServer:
 
     @Pyro5.server.expose
     def info(self) -> bytes:
-        """Versions inside the container: protocol, remote, python, gymnasium, numpy."""
+        """Versions inside the container: protocol, remote, python, gymnasium, numpy, codec."""
         return self._reply(server_info)
 
     @Pyro5.server.expose
@@ -160,6 +160,7 @@ def server_info() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "gymnasium": gym.__version__,
         "numpy": np.__version__,
+        "codec": codec.MSGPACK,
         "pid": os.getpid(),
     }
 

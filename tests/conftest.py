@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,3 +134,10 @@ def _sb3_logs_in_tmp_path(tmp_path, monkeypatch) -> None:
     """SB3's learn() makes a log folder in /tmp unless told where (SB3_LOGDIR): the tests
     leave nothing behind."""
     monkeypatch.setenv("SB3_LOGDIR", str(tmp_path / "sb3-logs"))
+
+
+# A background job without job control starts with SIGINT ignored, and Python then leaves it
+# so: the tests that press Ctrl-C (os.kill(pid, SIGINT)) need Python's own handler.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+

@@ -140,4 +140,3 @@ def _sb3_logs_in_tmp_path(tmp_path, monkeypatch) -> None:
 # so: the tests that press Ctrl-C (os.kill(pid, SIGINT)) need Python's own handler.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
-

@@ -18,7 +18,7 @@ try:
 except ImportError:
     if IN_CI:
         raise
-    pytest.skip("stable-baselines3 is missing (pip install 'remote[rl]')", allow_module_level=True)
+    pytest.skip(reason="stable-baselines3 is missing (pip install 'remote[rl]')", allow_module_level=True)
 
 from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
 from stable_baselines3.common.monitor import Monitor  # noqa: E402

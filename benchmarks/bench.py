@@ -1,4 +1,4 @@
-"""Benchmarks of remote against references from the same run; see remote/bench.py.
+"""Benchmarks of remote against references from the same run; see remote/bench/.
 
 python benchmarks/bench.py --image .images/gymnasium.sif [--quick] [--json out.json]
 """

@@ -1,0 +1,22 @@
+"""Run a script in an image's own Python: the local reference for envs the host does not have."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Sequence
+from typing import Any
+
+
+def run_in_image(image: str, script: str, args: Sequence[str] = (), timeout: float = 900) -> Any:
+    """Run ``python3 -c script args`` in ``image``; return the JSON the script prints last.
+
+    The script sees this host's ``remote`` nowhere: it measures the env as the image has it.
+    """
+    command = ["apptainer", "exec", "--cleanenv", image, "python3", "-c", script, *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(command[:3])} python3 failed ({done.returncode}): {done.stderr[-2000:]}"
+        )
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import inspect
 import logging
 import os
 import secrets
@@ -736,9 +737,26 @@ def make(
     )
     try:
         return runner.open_env(env_id, env_kwargs, owns_runner=True, wrappers=wrappers)
+    except EnvCreationError as exc:
+        runner.close()
+        misplaced = [name for name in env_kwargs if name in _RUNNER_PARAMETERS and repr(name) in str(exc)]
+        if not misplaced:
+            raise
+        hint = ", ".join(f"{name!r}: ..." for name in misplaced)
+        what = "is a runner option" if len(misplaced) == 1 else "are runner options"
+        raise type(exc)(
+            f"{exc.remote_message}\n(remote.make passes its keyword arguments to the env's constructor; "
+            f"{', '.join(misplaced)} {what}: pass runner_options={{{hint}}})",
+            exc.remote_type,
+            exc.remote_traceback,
+        ) from None
     except BaseException:
         runner.close()
         raise
+
+
+#: What :class:`RemoteRunner` takes beyond the image: a hint when one lands among env kwargs.
+_RUNNER_PARAMETERS = frozenset(inspect.signature(RemoteRunner.__init__).parameters) - {"self", "image"}
 
 
 def _wrapper_list(wrappers: Sequence[WrapperSpec]) -> list[tuple[str, dict[str, Any]]]:

@@ -89,6 +89,22 @@ def test_the_creation_error_names_every_form(image):
         assert form in message
 
 
+def test_a_runner_option_among_env_kwargs_is_named(image, test_env_options):
+    with pytest.raises(remote.EnvCreationError, match="unexpected keyword argument 'preload'") as caught:
+        remote.make("testenvs:make_echo", image=image, preload=["json"], runner_options=test_env_options)
+    assert "pass runner_options={'preload': ...}" in str(caught.value)
+
+
+def test_a_huge_error_message_arrives_shortened(image, test_env_options):
+    with remote.RemoteRunner(image, **test_env_options) as runner:
+        with pytest.raises(remote.EnvCreationError) as caught:
+            runner.make("testenvs:make_loudly", size=200_000)
+        error = caught.value
+        assert "ValueError: xxxx" in error.remote_message and "characters cut" in error.remote_message
+        assert len(error.remote_message) < 5_000 and len(error.remote_traceback) < 17_000
+        assert runner.make("testenvs:make_echo").reset(seed=0)[0].shape == (8,)  # the runner goes on
+
+
 def test_gymnasium_make_of_a_namespaced_remote_id(envs_image):
     env_id = remote.register("ALE.Breakout-v5")
     assert env_id == "remote/ALE.Breakout-v5"

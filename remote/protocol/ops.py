@@ -147,13 +147,28 @@ def check_hello(hello: Any, secret: str) -> None:
 ERROR_FIELDS = ("type", "message", "traceback")
 
 
+#: The most characters of an error's message (and, four times that, of its traceback) a
+#: reply carries: an env's message may quote its kwargs whole (gymnasium's does), tens of KB.
+MAX_ERROR_CHARS = 4000
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` with its middle cut out if it is longer than ``limit`` characters."""
+    if len(text) <= limit:
+        return text
+    head, tail = limit * 3 // 4, limit // 4
+    return f"{text[:head]} [... {len(text) - head - tail} characters cut ...] {text[-tail:]}"
+
+
 def error_payload(exc: BaseException) -> dict[str, str]:
-    """An exception as plain data: qualified type name, message and formatted traceback."""
+    """An exception as plain data: qualified type name, message and formatted traceback,
+    each at most :data:`MAX_ERROR_CHARS` long (the traceback four times that)."""
     cls = type(exc)
+    lines = traceback.format_exception(cls, exc, exc.__traceback__)
     return {
         "type": f"{cls.__module__}.{cls.__qualname__}",
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(cls, exc, exc.__traceback__)),
+        "message": shorten(str(exc), MAX_ERROR_CHARS),
+        "traceback": shorten("".join(shorten(line, MAX_ERROR_CHARS) for line in lines), 4 * MAX_ERROR_CHARS),
     }
 
 

@@ -221,6 +221,11 @@ def make_slowly(seconds: float = 3.0) -> gym.Env:
     return EchoEnv(4)
 
 
+def make_loudly(size: int = 100_000) -> gym.Env:
+    """Broken on purpose: fails with a message of ``size`` characters (gymnasium quotes kwargs whole)."""
+    raise ValueError("x" * size)
+
+
 def make_nothing(*args: Any, **kwargs: Any) -> dict[str, Any]:
     """Broken on purpose: a "factory" (or wrapper) that returns no env."""
     return {"not": "an env", **kwargs}

@@ -14,7 +14,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import psutil
 import Pyro5.api
 import Pyro5.errors
 
-from . import config
+from . import config, runs
 from .client import EnvStream, RemoteEnvironmentClient
 from .errors import (
     AuthenticationError,
@@ -508,81 +508,8 @@ class RemoteRunner:
 
     # -- experiments -------------------------------------------------------------------------
 
-    def run(
-        self,
-        agent: str | Any,
-        episodes: int,
-        *,
-        env_id: str,
-        log: str | os.PathLike[str],
-        env_kwargs: Mapping[str, Any] | None = None,
-        agent_kwargs: Mapping[str, Any] | None = None,
-        seed: int = 0,
-        progress: Callable[[int, int], None] | None = None,
-        resume: bool = False,
-        checkpoint_every: int | None = None,
-        checkpoint_every_sec: float | None = 60.0,
-        video_every: int | None = None,
-        video_dir: str | os.PathLike[str] | None = None,
-        stop_grace: float = 20.0,
-        on_checkpoint: Callable[[int], None] | None = None,
-    ) -> dict[str, Any]:
-        """Run ``episodes`` episodes of ``env_id`` with ``agent``; episode ``i`` is reset with
-        seed ``seed + i``.
-
-        ``agent`` is either ``"module:callable"``, importable in the container, and the loop
-        runs there, next to the env (no round trip per step): a factory called as
-        ``factory(env, **agent_kwargs)`` that returns an object with ``act(obs)`` (and,
-        optionally, ``observe(obs, action, reward, next_obs, terminated, truncated, info)``,
-        called after each step) or a plain ``policy(obs)`` callable (see
-        :mod:`remote.server.experiment`); or such an object itself, and the loop runs here,
-        on the host, stepping a remote env. Either way ``env.action_space`` is seeded with
-        ``seed``, and the log, checkpoints and summary are the same
-        (:mod:`remote.protocol.loop`).
-
-        Each finished episode is appended to ``log`` (JSON lines: episode, seed, return,
-        length, wall_time, image_sha256, env_id), fsynced. An agent in the container writes
-        it itself: the log's folder must be visible there at a known place (a ``binds=``
-        entry, or the same path, as Apptainer's default binds of ``$HOME``, ``/tmp`` and the
-        current folder give). Read it with :func:`remote.read_log`; it keeps every finished
-        episode if this process is killed. A log that holds episodes already is refused
-        unless ``resume=True``.
-
-        Checkpoints (``<log>.ckpt``): the episode counter, the RNG states, and the agent's
-        state (``save(path)``/``load(path)``, or ``state_dict()``/``load_state_dict()``), at
-        the end of an episode: every ``checkpoint_every`` episodes, ``checkpoint_every_sec``
-        seconds, at the end, on :meth:`checkpoint` or SIGUSR1, and on SIGTERM, which also
-        ends the run after the episode under way (within ``stop_grace`` seconds, else at
-        once), before the program's own SIGTERM handler runs. ``resume=True`` continues
-        from the newest checkpoint: the log then ends as an uninterrupted run's would.
-        ``on_checkpoint(episodes)`` is called when this process learns of a new checkpoint.
-
-        Videos: with ``video_every=N``, episodes 0, N, 2N... are rendered (``render_mode=
-        "rgb_array"``) and encoded on the host as ``episode-<i>.mp4`` in ``video_dir``
-        (default ``<log>.videos``, visible in the container for an agent there); it needs
-        ``pip install 'remote[video]'`` on the host, nothing in the image.
-
-        No call waits for the whole run: a loop in the container is polled with one short
-        control call per half second (each bounded by the runner's ``timeout``), so a run
-        may take any time. ``progress(done, episodes)`` is called at each poll (after each
-        episode on the host). If this call is interrupted otherwise (an exception, Ctrl-C),
-        the loop is cancelled: the unfinished episode is not logged.
-
-        Returns:
-            the summary: env_id, episodes, cancelled, stopped (by SIGTERM before the end),
-            mean/min/max/final_return, mean_length, steps, wall_time (of every segment),
-            image_sha256, checkpoint (episodes its newest checkpoint covers), resumed_from,
-            log (the log's host path) and videos (their host paths).
-
-        Raises:
-            ExperimentError: the agent could not be imported or made, the agent or the env
-                raised (``remote_traceback`` has the container's traceback), or the log or
-                its checkpoint does not fit the run.
-        """
-        from .runs import run
-
-        options = {k: v for k, v in locals().items() if k not in ("self", "agent", "episodes", "run")}
-        return run(self, agent, episodes, **options)
+    #: See :func:`remote.runs.run`.
+    run = runs.run
 
     def experiment(self, request: bytes) -> Any:
         """One :data:`remote.protocol.ops.EXPERIMENT` request (codec bytes); its reply."""

@@ -25,6 +25,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -141,8 +142,58 @@ def run(
     stop_grace: float = 20.0,
     on_checkpoint: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """:meth:`remote.RemoteRunner.run` (see there); ``on_checkpoint(episodes)`` is called
-    when the host learns of a new checkpoint."""
+    """``runner.run(agent, episodes, ...)`` (:meth:`remote.RemoteRunner.run`): run ``episodes``
+    episodes of ``env_id`` with ``agent``; episode ``i`` is reset with seed ``seed + i``.
+
+    ``agent`` is either ``"module:callable"``, importable in the container, and the loop
+    runs there, next to the env (no round trip per step): a factory called as
+    ``factory(env, **agent_kwargs)`` that returns an object with ``act(obs)`` (and,
+    optionally, ``observe(obs, action, reward, next_obs, terminated, truncated, info)``,
+    called after each step) or a plain ``policy(obs)`` callable (see
+    :mod:`remote.server.experiment`); or such an object itself, and the loop runs here,
+    on the host, stepping a remote env. Either way ``env.action_space`` is seeded with
+    ``seed``, and the log, checkpoints and summary are the same
+    (:mod:`remote.protocol.loop`).
+
+    Each finished episode is appended to ``log`` (JSON lines: episode, seed, return,
+    length, wall_time, image_sha256, env_id), fsynced. An agent in the container writes
+    it itself: the log's folder must be visible there at a known place (a ``binds=``
+    entry, or the same path, as Apptainer's default binds of ``$HOME``, ``/tmp`` and the
+    current folder give). Read it with :func:`remote.read_log`; it keeps every finished
+    episode if this process is killed. A log that holds episodes already is refused
+    unless ``resume=True``.
+
+    Checkpoints (``<log>.ckpt``): the episode counter, the RNG states, and the agent's
+    state (``save(path)``/``load(path)``, or ``state_dict()``/``load_state_dict()``), at
+    the end of an episode: every ``checkpoint_every`` episodes, ``checkpoint_every_sec``
+    seconds, at the end, on :meth:`checkpoint` or SIGUSR1, and on SIGTERM, which also
+    ends the run after the episode under way (within ``stop_grace`` seconds, else at
+    once), before the program's own SIGTERM handler runs. ``resume=True`` continues
+    from the newest checkpoint: the log then ends as an uninterrupted run's would.
+    ``on_checkpoint(episodes)`` is called when this process learns of a new checkpoint.
+
+    Videos: with ``video_every=N``, episodes 0, N, 2N... are rendered (``render_mode=
+    "rgb_array"``) and encoded on the host as ``episode-<i>.mp4`` in ``video_dir``
+    (default ``<log>.videos``, visible in the container for an agent there); it needs
+    ``pip install 'remote[video]'`` on the host, nothing in the image.
+
+    No call waits for the whole run: a loop in the container is polled with one short
+    control call per half second (each bounded by the runner's ``timeout``), so a run
+    may take any time. ``progress(done, episodes)`` is called at each poll (after each
+    episode on the host). If this call is interrupted otherwise (an exception, Ctrl-C),
+    the loop is cancelled: the unfinished episode is not logged.
+
+    Returns:
+        the summary: env_id, episodes, cancelled, stopped (by SIGTERM before the end),
+        mean/min/max/final_return, mean_length, steps, wall_time (of every segment),
+        image_sha256, checkpoint (episodes its newest checkpoint covers), resumed_from,
+        log (the log's host path) and videos (their host paths).
+
+    Raises:
+        ExperimentError: the agent could not be imported or made, the agent or the env
+            raised (``remote_traceback`` has the container's traceback), or the log or
+            its checkpoint does not fit the run.
+    """
     _check(episodes, checkpoint_every, checkpoint_every_sec, video_every, stop_grace)
     path = Path(os.path.abspath(log))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -168,116 +219,109 @@ def run(
     try:
         with Interruptions(stop_grace) as interruptions:
             interruptions.on_checkpoint = active.request
+            run = _Run(runner, path, videos, options, interruptions, active, progress, on_checkpoint)
             if isinstance(agent, str):
-                summary = _run_in_container(
-                    runner,
-                    agent,
-                    dict(agent_kwargs or {}),
-                    path,
-                    videos,
-                    options,
-                    interruptions,
-                    active,
-                    progress,
-                    on_checkpoint,
-                )
+                summary = _run_in_container(run, agent, dict(agent_kwargs or {}))
             else:
-                summary = _run_on_host(
-                    runner, agent, path, videos, options, interruptions, active, progress, on_checkpoint
-                )
+                summary = _run_on_host(run, agent)
     finally:
         runner.active_runs.discard(active)
     return {**summary, "log": str(path), "videos": _videos(videos) if video_every else []}
 
 
-def _run_in_container(
-    runner: RemoteRunner,
-    agent: str,
-    agent_kwargs: dict[str, Any],
-    path: Path,
-    videos: Path,
-    options: dict[str, Any],
-    interruptions: Interruptions,
-    active: ActiveRun,
-    progress: Callable[[int, int], None] | None,
-    on_checkpoint: Callable[[int], None] | None,
-) -> dict[str, Any]:
+@dataclass
+class _Run:
+    """What both sides of a run use: its runner, log and video folder, the loop's options,
+    and who is told of its progress."""
+
+    runner: RemoteRunner
+    log: Path
+    videos: Path
+    options: dict[str, Any]
+    interruptions: Interruptions
+    active: ActiveRun
+    progress: Callable[[int, int], None] | None
+    on_checkpoint: Callable[[int], None] | None
+
+    def report(self, checkpoints: int, checkpoint: int | None, done: int) -> None:
+        """Tell of ``done`` episodes and of the run's ``checkpoints``-th checkpoint (covering
+        ``checkpoint`` episodes) if it is new."""
+        if self.active.update(checkpoints, checkpoint) and self.on_checkpoint is not None:
+            self.on_checkpoint(checkpoint)  # type: ignore[arg-type]
+        if self.progress is not None:
+            self.progress(done, self.options["episodes"])
+
+
+def _run_in_container(run: _Run, agent: str, agent_kwargs: dict[str, Any]) -> dict[str, Any]:
     spec = {
-        **options,
+        **run.options,
         "agent": agent,
         "agent_kwargs": agent_kwargs,
-        "log": runner.container_path(path),
-        "log_inode": path.stat().st_ino,
-        "image_sha256": runner.image_sha256,
-        "video_dir": runner.container_path(videos),
+        "log": run.runner.container_path(run.log),
+        "log_inode": run.log.stat().st_ino,
+        "image_sha256": run.runner.image_sha256,
+        "video_dir": run.runner.container_path(run.videos),
     }
 
     def call(request: dict[str, Any]) -> Any:
-        return runner.experiment(codec.dumps(request))
+        return run.runner.experiment(codec.dumps(request))
 
     number = call({"op": ops.EXPERIMENT_START, "spec": spec})
     stopping = cancelling = False
     try:
         while True:
-            if interruptions.terminated is not None and not stopping:
+            if run.interruptions.terminated is not None and not stopping:
                 call({"op": ops.EXPERIMENT_STOP, "id": number})
                 stopping = True
-            if interruptions.overdue and not cancelling:  # the episode is too long to wait for
+            if run.interruptions.overdue and not cancelling:  # the episode is too long to wait for
                 call({"op": ops.EXPERIMENT_CANCEL, "id": number})
                 cancelling = True
-            if active.wanted.is_set():
-                active.wanted.clear()
+            if run.active.wanted.is_set():
+                run.active.wanted.clear()
                 call({"op": ops.EXPERIMENT_CHECKPOINT, "id": number})
             try:
                 status = call(
-                    {"op": ops.EXPERIMENT_POLL, "id": number, "wait": min(POLL_PERIOD, runner.timeout / 4)}
+                    {
+                        "op": ops.EXPERIMENT_POLL,
+                        "id": number,
+                        "wait": min(POLL_PERIOD, run.runner.timeout / 4),
+                    }
                 )
             except CallTimeout:
-                if runner.paused:  # frozen by its manager: wait for it to be thawed
+                if run.runner.paused:  # frozen by its manager: wait for it to be thawed
                     continue
                 raise
             for recording in status["recordings"]:
-                _encode(videos / Path(recording).name, status.get("fps"))
-            if active.update(status["checkpoints"], status["checkpoint"]) and on_checkpoint is not None:
-                on_checkpoint(status["checkpoint"])
-            if progress is not None:
-                progress(status["episodes"], options["episodes"])
+                _encode(run.videos / Path(recording).name, status.get("fps"))
+            run.report(status["checkpoints"], status["checkpoint"], status["episodes"])
             if status["done"]:
                 return status["summary"]
     except BaseException:
-        if runner.alive:
+        if run.runner.alive:
             with contextlib.suppress(RemoteError):
                 call({"op": ops.EXPERIMENT_CANCEL, "id": number})
         raise
 
 
-def _run_on_host(
-    runner: RemoteRunner,
-    agent: Any,
-    path: Path,
-    videos: Path,
-    options: dict[str, Any],
-    interruptions: Interruptions,
-    active: ActiveRun,
-    progress: Callable[[int, int], None] | None,
-    on_checkpoint: Callable[[int], None] | None,
-) -> dict[str, Any]:
-    env_kwargs = dict(options["env_kwargs"])
-    if options["video_every"]:
+def _run_on_host(run: _Run, agent: Any) -> dict[str, Any]:
+    env_kwargs = dict(run.options["env_kwargs"])
+    if run.options["video_every"]:
         env_kwargs.setdefault("render_mode", "rgb_array")
-    env = runner.make(options["env_id"], **env_kwargs)
+    env = run.runner.make(run.options["env_id"], **env_kwargs)
     try:
         loop = EpisodeLoop(
             env,
             agent,
-            run={"env_id": options["env_id"], "seed": options["seed"], "agent": agent_name(agent)},
-            episodes=options["episodes"],
-            log=str(path),
-            resume=options["resume"],
-            checkpoint_every=options["checkpoint_every"],
-            checkpoint_every_sec=options["checkpoint_every_sec"],
-            record=_host_recorder(videos, options["video_every"], env) if options["video_every"] else None,
-            image_sha256=runner.image_sha256,
+            run={"env_id": run.options["env_id"], "seed": run.options["seed"], "agent": agent_name(agent)},
+            episodes=run.options["episodes"],
+            log=str(run.log),
+            resume=run.options["resume"],
+            checkpoint_every=run.options["checkpoint_every"],
+            checkpoint_every_sec=run.options["checkpoint_every_sec"],
+            record=_host_recorder(run.videos, run.options["video_every"], env)
+            if run.options["video_every"]
+            else None,
+            image_sha256=run.runner.image_sha256,
         )
     except (OSError, ValueError) as exc:
         env.close()
@@ -285,22 +329,16 @@ def _run_on_host(
     except BaseException:
         env.close()
         raise
-    cancel_later = threading.Timer(interruptions.grace, loop.cancelled.set)  # an episode too long
+    cancel_later = threading.Timer(run.interruptions.grace, loop.cancelled.set)  # an episode too long
     cancel_later.daemon = True
 
     def stop() -> None:
         loop.stop()
         cancel_later.start()
 
-    def report() -> None:
-        if active.update(loop.written, loop.checkpointed) and on_checkpoint is not None:
-            on_checkpoint(loop.checkpointed)  # type: ignore[arg-type]
-        if progress is not None:
-            progress(loop.next_episode, options["episodes"])
-
-    interruptions.on_stop = stop
-    active.ask = loop.request_checkpoint
-    loop.on_episode = report
+    run.interruptions.on_stop = stop
+    run.active.ask = loop.request_checkpoint
+    loop.on_episode = lambda: run.report(loop.written, loop.checkpointed, loop.next_episode)
     try:
         loop.run()
         return loop.summary()

@@ -495,7 +495,7 @@ def dacbench_step(options: Options, rounds: int, steps: int) -> list[Row]:
 
 
 ONE_CPU = "CartPole-v1 step on one CPU, remote"
-OTHER_PYTHON = "CartPole-v1 step, another Python in the image"
+OTHER_PYTHON = "CartPole-v1 step, an image with another Python"
 DACBENCH_STEP = f"{DACBENCH_ENV} step, remote"
 DACBENCH_MAKE = f"{DACBENCH_ENV} `make` after the container is up, preload=['dacbench']"
 

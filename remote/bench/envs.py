@@ -343,7 +343,9 @@ def scalar_rows(rounds: int) -> list[Row]:
 # -- another Python -----------------------------------------------------------------------------
 
 
-def other_python(image: str, other: str, rounds: int, steps: int, placement: str) -> tuple[dict, dict]:
+def other_python(
+    image: str, other: str, rounds: int, steps: int, placement: str
+) -> tuple[dict[str, list[float]], dict[str, dict[str, Any]]]:
     """µs per CartPole step through ``image`` and through ``other``; each server's info."""
     import remote
 
@@ -381,6 +383,7 @@ def make_after_start(image: str, rounds: int) -> dict[str, list[float]]:
 
 
 def make_rows(samples: dict[str, list[float]]) -> list[Row]:
+    """The make without preload (it imports dacbench) and with, against the 50 ms target."""
     plain, preload = statistics.median(samples["plain"]), statistics.median(samples["preload"])
     return [
         measured(f"{DACBENCH_ENV} `make` after the container is up, no preload", samples["plain"]),

@@ -13,18 +13,18 @@ subprocess with ``MSGPACK_PUREPYTHON=1``.
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib.util
 import json
 import os
 import subprocess
 import sys
-import timeit
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
+
+from remote.bench.envs import best, frame_codec
 
 DEFAULT_BEFORE = "/work/main/remote/protocol/codec.py"
 
@@ -39,30 +39,6 @@ def load_before(path: str) -> ModuleType:
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
-
-
-def frame_codec(codec: ModuleType) -> tuple[Any, Any]:
-    """``(encode, decode)`` of a frame's body as :class:`remote.protocol.channel.Channel` makes
-    and reads it (the arrays here are small: all inline)."""
-    packers: list[Any] = []
-
-    def default(obj: Any) -> Any:
-        if type(obj) is np.ndarray:
-            return codec.inline_ext(obj)
-        return codec.plain(obj, default, pack)
-
-    def pack(obj: Any) -> bytes:
-        return codec.pack_with(packers, default, obj)
-
-    def hook(code: int, data: bytes) -> Any:
-        if code == codec.EXT_NDARRAY_OOB:
-            raise AssertionError("no out-of-band arrays here")
-        if code == codec.EXT_TUPLE:
-            return tuple(codec.msgpack.unpackb(data, **options))
-        return codec.ext_hook(code, data)
-
-    options = {**codec.UNPACK, "ext_hook": hook}
-    return pack, lambda data: codec.decode(memoryview(data), options)
 
 
 def hopper_info(kind: Any) -> dict[str, Any]:
@@ -103,18 +79,6 @@ MESSAGES: dict[str, Any] = {
     ],
     "6 float in info (each)": [0, np.zeros(11), 1.2, False, False, {f"k{i}": float(i) for i in range(6)}],
 }
-
-
-def best(calls: list[tuple[Any, Any]], rounds: int = 9) -> list[float]:
-    """Best µs per call of each ``(call, argument)``, over ``rounds`` rounds of ~10 ms each,
-    the calls interleaved round by round (a load spike hits them all alike)."""
-    timers = [timeit.Timer(functools.partial(call, arg)) for call, arg in calls]
-    numbers = [max(1, int(0.01 / max(timer.timeit(50) / 50, 1e-9))) for timer in timers]
-    times = [
-        [timer.timeit(number) / number * 1e6 for timer, number in zip(timers, numbers, strict=True)]
-        for _ in range(rounds)
-    ]
-    return [min(column) for column in zip(*times, strict=True)]
 
 
 MESSAGE_OF = {  # one value in an info dict: (the message with 6 - the message with none) / 6

@@ -6,7 +6,9 @@ ratio, target, and whether the target is met. A row that cannot be measured on t
 (an image or an optional package missing) is printed with the reason, never left out.
 
 Sections (one module each): ``transport`` (step latency per observation size, vector
-throughput, cold start, close, warm pool). ``--placement same|split`` pins the client and the
+throughput, cold start, close, warm pool), ``envs`` (real envs' overhead per step against the
+image's own Python, CartPole on one CPU, numpy scalars in info, another Python, DACBench's
+step and ``make`` with ``preload=``). ``--placement same|split`` pins the client and the
 servers to one CPU or to two.
 """
 
@@ -23,7 +25,7 @@ from typing import Any
 from .report import Options, Row, table
 
 #: Sections in the order they run; each is ``remote.bench.<name>`` with ``rows(options)``.
-SECTIONS = ("transport",)
+SECTIONS = ("transport", "envs")
 
 
 def run(options: Options, sections: tuple[str, ...] = SECTIONS) -> list[Row]:

@@ -8,12 +8,18 @@ from collections.abc import Sequence
 from typing import Any
 
 
+def image_command(image: str, script: str, args: Sequence[str] = ()) -> list[str]:
+    """The command that runs ``python3 -c script args`` in ``image``, as the image has it
+    (this host's ``remote`` and environment are nowhere in it)."""
+    return ["apptainer", "exec", "--cleanenv", image, "python3", "-c", script, *args]
+
+
 def run_in_image(image: str, script: str, args: Sequence[str] = (), timeout: float = 900) -> Any:
     """Run ``python3 -c script args`` in ``image``; return the JSON the script prints last.
 
     The script sees this host's ``remote`` nowhere: it measures the env as the image has it.
     """
-    command = ["apptainer", "exec", "--cleanenv", image, "python3", "-c", script, *args]
+    command = image_command(image, script, args)
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
         raise RuntimeError(

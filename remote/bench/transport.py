@@ -77,16 +77,18 @@ while True:
 """
 
 
-class _Floor:
-    """Client of :data:`FLOOR_SERVER`: the least work that moves a step over a socket."""
+class Floor:
+    """Client of :data:`FLOOR_SERVER` (or of a ``server`` script that answers as it does: a
+    4-byte size, a msgpack header ``[dtype, shape, ...]``, the raw observation): the least
+    work that moves a step over a socket."""
 
-    def __init__(self, nbytes: int) -> None:
+    def __init__(self, nbytes: int, server: str = FLOOR_SERVER) -> None:
         self.dir = tempfile.mkdtemp(prefix="rmt-bench-")
         path = os.path.join(self.dir, "s")
         root = str(Path(__file__).resolve().parent.parent)
         env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", FLOOR_SERVER, path, str(nbytes)], stdout=subprocess.PIPE, env=env
+            [sys.executable, "-c", server, path, str(nbytes)], stdout=subprocess.PIPE, env=env
         )
         assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == b"ready"
         self.sock = socket.socket(socket.AF_UNIX)
@@ -96,21 +98,26 @@ class _Floor:
         self.requests = [b"\x01\x00\x00\x00" + bytes([a]) for a in (0, 1)]  # msgpack ints 0, 1
 
     def step(self, action: int) -> np.ndarray:
+        return self.exchange(self.requests[action])[0]
+
+    def exchange(self, request: bytes) -> tuple[np.ndarray, list[Any]]:
+        """Send ``request`` (size-prefixed msgpack); the reply's observation and the rest of
+        its header."""
         sock, view = self.sock, self.view
-        sock.sendall(self.requests[action])
+        sock.sendall(request)
         got = sock.recv_into(view)
         while got < 4:
             got += sock.recv_into(view[got:])
         size = int.from_bytes(view[:4], "little")
         while got < 4 + size:
             got += sock.recv_into(view[got:])
-        dtype, shape, *_ = msgpack.unpackb(view[4 : 4 + size])
+        dtype, shape, *rest = msgpack.unpackb(view[4 : 4 + size])
         dtype = np.dtype(dtype)
         count = math.prod(shape)
         end = 4 + size + count * dtype.itemsize
         while got < end:
             got += sock.recv_into(view[got:end])
-        return np.frombuffer(self.buffer, dtype, count, 4 + size).reshape(shape).copy()
+        return np.frombuffer(self.buffer, dtype, count, 4 + size).reshape(shape).copy(), rest
 
     def close(self) -> None:
         self.sock.close()
@@ -140,7 +147,7 @@ def _cases(image: str, nbytes: int) -> dict[str, Case]:
     vector = gym.vector.AsyncVectorEnv([lambda: _local_env(nbytes)])
     vector.reset(seed=0)
     actions = [np.array([0]), np.array([1])]
-    floor = _Floor(nbytes)
+    floor = Floor(nbytes)
     kwargs = {"nbytes": nbytes} if nbytes else {}
     env = remote.make(
         "remote.bench.transport:ArrayObsEnv" if nbytes else "CartPole-v1", image=image, **kwargs

@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import IN_CI, ROOT
+from helpers import cli
 
 import remote
 from remote.images import codecs
@@ -97,3 +98,15 @@ def test_a_pull_without_network_says_why_and_the_payload_does_without(tmp_path, 
     assert "3.13" not in codecs.modules()
     assert "remote codecs pull" in codecs.fallback_advice("3.13.5")
     assert "3.10-3.14 only" in codecs.fallback_advice("3.9.2")
+
+
+def test_remote_codecs_ls_says_what_each_python_gets(tmp_path):
+    done = cli("codecs", "ls", "--json", REMOTE_CACHE=str(tmp_path / "cache"))
+    assert done.returncode == 0, done.stderr
+    found = {entry["python"]: entry["module"] for entry in json.loads(done.stdout)}
+    assert list(found) == list(codecs.PYTHONS)
+    host = f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert found[host] and found[host].endswith(".so")  # the host's own, in its msgpack package
+    assert all(module is None for python, module in found.items() if python != host)  # nothing pulled
+    text = cli("codecs", "ls", REMOTE_CACHE=str(tmp_path / "cache")).stdout
+    assert "pure-python fallback" in text and "not pulled: remote codecs pull" in text

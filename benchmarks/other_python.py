@@ -5,7 +5,8 @@
 Each image serves CartPole-v1 and a Hopper-like reply (tests/envs: 11 float64 observations,
 an info of six numpy float64 scalars) from one container kept up through the run; rounds
 alternate A and B (the machine is shared: figures are noisy). Prints µs per step (median and
-best of the rounds), B/A, and the codec each server reports.
+best of the rounds), B/A (of the bests, and the median of each round's B/A: a round's A and B
+ran back to back, so a slow spell of the machine weighs on both), and each server's codec.
 """
 
 from __future__ import annotations
@@ -62,9 +63,10 @@ def main() -> None:
                     times[i].append(per_step(envs[i], actions, args.steps))
             a, b = (statistics.median(t) for t in times)
             low_a, low_b = (min(t) for t in times)
+            paired = statistics.median(y / x for x, y in zip(*times, strict=True))
             print(
-                f"{name:12} median A {a:6.1f} µs  B {b:6.1f} µs  B/A {b / a:.3f}; "
-                f"best A {low_a:6.1f} µs  B {low_b:6.1f} µs  B/A {low_b / low_a:.3f}"
+                f"{name:12} median A {a:6.1f} µs  B {b:6.1f} µs; best A {low_a:6.1f} µs  B {low_b:6.1f} µs; "
+                f"B/A: best {low_b / low_a:.3f}, median of the rounds' {paired:.3f}"
             )
             infos = [env.runner.info for env in envs]
         finally:

@@ -845,7 +845,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_codecs,
         "  $ remote codecs ls\n  $ remote codecs pull\n  $ remote codecs pull --python 3.13\n\n"
         "An image whose Python is not the host's cannot load the host's compiled msgpack and runs\n"
-        "its pure-Python fallback (steps ~1.3-1.6x as long). `pull` downloads msgpack's wheels for\n"
+        "its pure-Python fallback (steps ~1.2-1.3x as long). `pull` downloads msgpack's wheels for\n"
         "Python 3.10-3.14 (pip download, with this machine's pip settings) into the cache, once; every\n"
         "container started afterwards gets them. Nothing is downloaded when a container starts: pull\n"
         "on a node with network (a cluster's login node) before starting jobs on nodes without.",

@@ -297,7 +297,7 @@ class RemoteRunner:
         if self.info.get("codec") == "pure-python" and not _SLOW_CODEC_WARNED:
             _SLOW_CODEC_WARNED.append(self.image)
             log.warning(
-                "%s runs msgpack's pure-Python fallback (its Python is %s): its steps take ~1.3-1.6x "
+                "%s runs msgpack's pure-Python fallback (its Python is %s): its steps take ~1.2-1.3x "
                 "as long; %s",
                 self.image,
                 self.info.get("python"),

@@ -2,7 +2,7 @@
 
 msgpack's compiled module is built for one CPython version
 (``_cmsgpack.cpython-313-x86_64-linux-gnu.so``). An image whose Python is not the host's
-cannot load the host's module: msgpack's pure-Python fallback runs there, at ~1.3-1.6x the
+cannot load the host's module: msgpack's pure-Python fallback runs there, at ~1.2-1.3x the
 step cost. :func:`pull` downloads msgpack's wheels (the host's msgpack version and machine,
 manylinux, so any glibc ≥ 2.17) for each CPython remote supports, once, into the cache; the
 payload then holds every such module in its ``msgpack`` package, beside the host's, and the

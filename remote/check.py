@@ -41,6 +41,15 @@ class CheckResult:
         )
 
 
+class CheckResults(list[CheckResult]):
+    """:func:`check_image`'s results, in order, and what the image's server reported."""
+
+    def __init__(self, results: list[CheckResult], server: dict[str, Any]) -> None:
+        super().__init__(results)
+        #: The server's ``INFO`` (``runner.info``): versions in the container and its ``codec``.
+        self.server = server
+
+
 class ContractBroken(AssertionError):
     """Raised inside a check when a contract does not hold."""
 
@@ -163,7 +172,7 @@ CHECKS: list[tuple[str, Callable[[RemoteEnvironmentClient], None]]] = [
 
 def check_image(
     image: str, env_id: str, env_kwargs: dict[str, Any] | None = None, **runner_options: Any
-) -> list[CheckResult]:
+) -> CheckResults:
     """Run every contract check on ``env_id`` served from ``image``, a fresh env for each.
 
     ``env_kwargs`` go to the env; ``runner_options`` to :class:`RemoteRunner`.
@@ -175,7 +184,7 @@ def check_image(
                 env = runner.make(env_id, **(env_kwargs or {}))
             except Exception as exc:  # no env, no contract to check: say so once
                 message = exc.remote_message if isinstance(exc, RemoteEnvError) else str(exc)
-                return [CheckResult("create the env", False, message)]
+                return CheckResults([CheckResult("create the env", False, message)], runner.info)
             try:
                 check(env)
                 results.append(CheckResult(name, True))
@@ -188,4 +197,4 @@ def check_image(
                 results.append(CheckResult(name, False, last[:500]))
             finally:
                 env.close()
-    return results
+    return CheckResults(results, runner.info)

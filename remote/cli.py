@@ -245,6 +245,31 @@ def cmd_images_prune(args: argparse.Namespace) -> int:
     return OK
 
 
+def cmd_codecs(args: argparse.Namespace) -> int:
+    from .images import codecs
+
+    found = codecs.pull(args.python or codecs.PYTHONS) if args.action == "pull" else codecs.status()
+    if args.json:
+        _print_json([asdict(c) for c in found])
+    else:
+        rows = [
+            {
+                "PYTHON": c.python,
+                "MSGPACK": f"{codecs.VERSION} compiled" if c.module else "pure-python fallback",
+                "MODULE": c.module or c.error or "not pulled: remote codecs pull",
+            }
+            for c in found
+        ]
+        _table(rows, ["PYTHON", "MSGPACK", "MODULE"])
+    return OK if all(c.module for c in found) or args.action != "pull" else FAILED
+
+
+def _python_version(text: str) -> str:
+    if not re.fullmatch(r"3\.\d+", text):
+        raise argparse.ArgumentTypeError(f"a CPython version as 3.13, not {text!r}")
+    return text
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .manager import ContainerManager
     from .progress import Progress
@@ -541,6 +566,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         **_runner_options(args),
     )
     passed = all(r.passed for r in results)
+    server = results.server
     if args.json:
         _print_json(
             {
@@ -548,9 +574,11 @@ def cmd_check(args: argparse.Namespace) -> int:
                 "env_id": args.env_id,
                 "passed": passed,
                 "results": [asdict(r) for r in results],
+                "server": server,
             }
         )
     else:
+        print(f"server: python {server.get('python')}, codec {server.get('codec')}")
         for result in results:
             print(result)
         failed = [r.name for r in results if not r.passed]
@@ -598,6 +626,12 @@ def _report_lines(report: Any, all_ids: bool, width: int) -> list[str]:
     header += [("labels" if i == 0 else "", label) for i, label in enumerate(labels)]
     lines = [f"{name:<10} {value}" for name, value in header]
     lines = [line if len(line) <= max(width, 60) else line[: max(width, 60) - 4] + " ..." for line in lines]
+    if report.codec == "pure-python":  # what to do about it, under the codec line
+        from .images.codecs import fallback_advice
+
+        indent, at = " " * 11, [name for name, _ in header].index("codec") + 1
+        lines[at:at] = textwrap.wrap(fallback_advice(report.python), max(width, 60), initial_indent=indent,
+                                   subsequent_indent=indent)  # fmt: skip
     groups = [g for g in report.packages if g.ids or g.error]
     lines += ["", f"env ids: {len(report.ids)}, from {sum(1 for g in groups if g.ids)} package(s)"]
     for group in groups:
@@ -803,6 +837,29 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--older-than", type=parse_age, metavar="AGE", help="e.g. 30d, 12h")
     q.add_argument("--max-size", metavar="SIZE", help="keep at most this much, e.g. 20G")
     q.set_defaults(handler=cmd_images_prune)
+
+    p = _command(
+        commands,
+        "codecs",
+        "List or fetch the compiled msgpack brought to images with another Python",
+        cmd_codecs,
+        "  $ remote codecs ls\n  $ remote codecs pull\n  $ remote codecs pull --python 3.13\n\n"
+        "An image whose Python is not the host's cannot load the host's compiled msgpack and runs\n"
+        "its pure-Python fallback (steps ~1.2-1.3x as long). `pull` downloads msgpack's wheels for\n"
+        "Python 3.10-3.14 (pip download, with this machine's pip settings) into the cache, once; every\n"
+        "container started afterwards gets them. Nothing is downloaded when a container starts: pull\n"
+        "on a node with network (a cluster's login node) before starting jobs on nodes without.",
+    )
+    actions = p.add_subparsers(dest="action", title="actions", metavar="<action>", required=True)
+    q = actions.add_parser("ls", help="what each Python gets: the compiled msgpack, or the fallback")
+    q.add_argument("--json", action="store_true", help="print the list as JSON")
+    q = actions.add_parser(
+        "pull", help="download the compiled msgpack for each Python (once, into the cache)"
+    )
+    q.add_argument(
+        "--python", nargs="+", type=_python_version, metavar="X.Y", help="only these Pythons (default: all)"
+    )
+    q.add_argument("--json", action="store_true", help="print the result as JSON")
 
     p = _command(
         commands,

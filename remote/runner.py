@@ -37,6 +37,7 @@ from .errors import (
     VersionMismatch,
 )
 from .experiments import resolve as resolve_experiment
+from .images.codecs import fallback_advice
 from .images.payload import BOOTSTRAP, payload_dir
 from .images.sources import Image
 from .protocol import codec, ops, rundir
@@ -297,11 +298,11 @@ class RemoteRunner:
         if self.info.get("codec") == "pure-python" and not _SLOW_CODEC_WARNED:
             _SLOW_CODEC_WARNED.append(self.image)
             log.warning(
-                "%s runs msgpack's pure-Python fallback (its Python is %s; the host's compiled msgpack "
-                "loads only on the host's Python version): its steps take ~1.3-1.6x as long; an image "
-                "with the host's Python version avoids it",
+                "%s runs msgpack's pure-Python fallback (its Python is %s): its steps take ~1.2-1.3x "
+                "as long; %s",
                 self.image,
                 self.info.get("python"),
+                fallback_advice(self.info.get("python")),
             )
 
     # -- control calls (Pyro5) ---------------------------------------------------------------

@@ -6,6 +6,8 @@
 #                         serpent, msgpack, remote)
 #   OUTDIR/legacy.sif     from recipes/legacy.def (numpy 1.26 + gymnasium 0.29.1: the
 #                         stack that cannot coexist with gymnasium.sif's; ~60 s)
+#   OUTDIR/python313.sif  from recipes/python313.def (Debian 13, Python 3.13: not the host's
+#                         Python; numpy + gymnasium only; ~60 s, 86 MB)
 #   OUTDIR/envs.sif       from recipes/envs.def (the field's real envs: ale-py, minigrid,
 #                         Box2D, MuJoCo; no remote in it; ~70 s)
 #   OUTDIR/dacbench.sif   from recipes/dacbench.def (DACBench with its dependencies; no
@@ -64,7 +66,7 @@ else
   "$BUILD" "$REPO/recipes/legacy.def" "$LEGACY"
 fi
 
-for name in envs dacbench; do
+for name in python313 envs dacbench; do
   if up_to_date "$OUTDIR/$name.sif" "$REPO/recipes/$name.def"; then
     log "$OUTDIR/$name.sif is up to date"
   else

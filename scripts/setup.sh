@@ -4,7 +4,8 @@
 #   2. a virtual environment .venv with remote, its dev tools, the cluster extra (ray,
 #      submitit: ~80 MB, ~10 s) and the video extra (imageio, imageio-ffmpeg: a static
 #      ffmpeg of ~170 MB) (pip install -e .[dev,cluster,video]),
-#   3. the test images in .images/ (scripts/build-test-images.sh; needs root),
+#   3. the test images in .images/ (scripts/build-test-images.sh; needs root), and the
+#      compiled msgpack for their Pythons that are not .venv's (remote codecs pull, ~6 s once),
 #   4. for the process runtime, two venvs with conflicting numpy versions: .venvs/envA
 #      (numpy 1.x) and .venvs/envB (numpy 2.x), each with gymnasium 1.x,
 #   5. Podman and Docker (a dockerd is started if none runs) and the OCI test image
@@ -58,6 +59,10 @@ fi
 # kind keeps on disk (an unpinned torch would pull a CUDA build of several GB)
 .venv/bin/python -m pip install -q --disable-pip-version-check "torch==${TORCH_VERSION:-2.13.0}" "stable-baselines3>=2.3" \
   "opencv-python-headless>=4.6"  # cv2 for SB3's AtariWrapper on the host
+
+# compiled msgpack for images whose Python is not this one (python313.sif): once, into the cache
+log "compiled msgpack for other Pythons (remote codecs pull)"
+.venv/bin/remote codecs pull >/dev/null || log "remote codecs pull failed: such images run msgpack's fallback"
 
 if [ "$(id -u)" -eq 0 ]; then
   log "test images"

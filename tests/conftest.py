@@ -73,6 +73,12 @@ def legacy_image(apptainer: str) -> str:
 
 
 @pytest.fixture(scope="session")
+def python313_image(apptainer: str) -> str:
+    """Debian 13's Python 3.13, not the host's (recipes/python313.def): numpy + gymnasium only."""
+    return _test_image("python313.sif")
+
+
+@pytest.fixture(scope="session")
 def envs_image(apptainer: str) -> str:
     """The field's real envs (recipes/envs.def): ale-py, minigrid, Box2D, MuJoCo; no remote."""
     return _test_image("envs.sif")

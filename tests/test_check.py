@@ -9,6 +9,7 @@ def test_check_passes_on_the_shipped_image(image):
     results = remote.check_image(image, "CartPole-v1")
     assert [r.name for r in results if not r.passed] == [], "\n".join(map(str, results))
     assert len(results) == 7
+    assert results.server["codec"] == "compiled" and results.server["python"], results.server
 
 
 def test_check_passes_with_dict_spaces_and_render(image, test_env_options):

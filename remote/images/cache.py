@@ -6,6 +6,7 @@ Layout under :func:`cache_dir`::
     images/index.json         what each cached image came from (see :class:`CachedImage`)
     images/locks/<key>.lock   one lock per image being fetched or built
     payload/                  the server code brought into containers (remote.payload)
+    codecs/                   compiled msgpack for images' other Pythons (remote.images.codecs)
 
 A file appears under its final name only complete and verified: it is written to a
 temporary file in the same folder, ``fsync``-ed and renamed (:func:`atomic_file`). Processes

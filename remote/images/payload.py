@@ -1,9 +1,10 @@
 """The server code the host brings into the container at start.
 
 Any image with Python, numpy and gymnasium can serve an env: the host copies its own
-``remote`` package and the pure-Python parts of what the server needs beyond that (Pyro5,
-serpent, msgpack; msgpack falls back to pure Python when its compiled module does not fit
-the image's Python) into a folder of the cache, and the container sees it read-only.
+``remote`` package and what the server needs beyond that (Pyro5, serpent, msgpack) into a
+folder of the cache, and the container sees it read-only. msgpack's package holds the host's
+compiled module and those pulled for other Pythons (:mod:`.codecs`): the image's Python loads
+the one made for it, or msgpack's pure-Python fallback where there is none.
 
 The host's ``remote`` goes first on ``sys.path`` (host and server then always speak the
 same protocol version); the dependencies go last, so an image's own versions win.
@@ -21,6 +22,7 @@ import msgpack
 import Pyro5
 import serpent
 
+from . import codecs
 from .cache import cache_dir, cache_error, fingerprint
 
 #: The host's ``remote`` package, copied whole into the payload.
@@ -34,12 +36,20 @@ BOOTSTRAP = (
 
 
 def _sources() -> dict[str, Path]:
-    """Folder name in the payload → host path of the package (or module file)."""
+    """Folder name in the payload → host path of the package (or module file); a compiled
+    msgpack pulled for another Python goes into the msgpack package (a pull makes a new payload)."""
+    host_msgpack = Path(msgpack.__file__).parent
+    pulled = {
+        f"deps/msgpack/{module.name}": module
+        for module in codecs.modules().values()
+        if module.parent != host_msgpack
+    }
     return {
         "top/remote": PACKAGE,
         "deps/Pyro5": Path(Pyro5.__file__).parent,
-        "deps/msgpack": Path(msgpack.__file__).parent,
+        "deps/msgpack": host_msgpack,
         "deps/serpent.py": Path(serpent.__file__),
+        **pulled,
     }
 
 

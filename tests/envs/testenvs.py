@@ -92,6 +92,32 @@ class SeedIgnoringEnv(gym.Env):
         return self._rng.uniform(0, 1, 2), 0.0, False, False, {}
 
 
+class HopperLikeEnv(gym.Env):
+    """A near-free env with Hopper-v5's reply shape: 11 float64 observations and an info of six
+    numpy float64 scalars (the per-step cost of a MuJoCo-like reply, without MuJoCo)."""
+
+    observation_space = spaces.Box(-np.inf, np.inf, (11,), np.float64)
+    action_space = spaces.Box(-1.0, 1.0, (3,), np.float32)
+    KEYS = (
+        "x_position",
+        "z_distance_from_origin",
+        "x_velocity",
+        "reward_forward",
+        "reward_ctrl",
+        "reward_survive",
+    )
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        self._obs = self.np_random.normal(size=11)
+        return self._obs, {}
+
+    def step(self, action):
+        self._obs = self._obs + 0.01
+        info = {key: np.float64(self._obs[i]) for i, key in enumerate(self.KEYS)}
+        return self._obs, float(self._obs[0]), False, False, info
+
+
 class MemoryHog(gym.Env):
     """Allocates (and touches) ``megabytes`` MB more on every step with action 1."""
 

@@ -528,6 +528,7 @@ def cmd_sessions(args: argparse.Namespace) -> int:
 
 def cmd_gc(args: argparse.Namespace) -> int:
     from . import images
+    from .images import payload
     from .manager import ContainerManager
     from .manager.orphans import remove_logs, remove_stale_run_dirs
 
@@ -536,11 +537,13 @@ def cmd_gc(args: argparse.Namespace) -> int:
     folders = [*manager.removed_run_dirs, *remove_stale_run_dirs()]
     logs = remove_logs(manager.record, None if args.logs else LOG_DAYS * 86400)
     pruned = images.prune(older_than=args.older_than) if args.older_than else []
+    payloads = payload.prune(older_than=LOG_DAYS * 86400)
     report = {
         "orphans": manager.swept,
         "run_dirs": [str(f) for f in folders],
         "logs": logs,
         "images": [asdict(e) for e in pruned],
+        "payloads": [str(f) for f in payloads],
     }
     if args.json:
         _print_json(report)
@@ -549,6 +552,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
         print(f"stale run folders removed: {len(folders)} {' '.join(map(str, folders))}".rstrip())
         ended = "every ended container" if args.logs else f"containers ended over {LOG_DAYS} days ago"
         print(f"output logs of {ended} removed: {len(logs)}")
+        print(f"server code of older versions, unused for {LOG_DAYS} days, removed: {len(payloads)}")
         print(
             f"images unused for {args.older_than / 86400:g} days removed: {len(pruned)}, "
             f"{_size(sum(e.size for e in pruned))}"
@@ -982,7 +986,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(
         commands,
         "gc",
-        "Clean up orphans, stale run folders, old logs and images",
+        "Clean up orphans, stale run folders, old logs, images and server code",
         cmd_gc,
         "  $ remote gc\n  $ remote gc --older-than 7d --logs",
     )

@@ -24,7 +24,7 @@ from helpers import cli, wait_gone
 from https_server import ImageServer
 
 import remote
-from remote.images import cache
+from remote.images import cache, payload
 from remote.progress import Progress
 from remote.runtime.processes import Owner
 
@@ -342,6 +342,10 @@ def test_gc_sweeps_orphans_stale_run_folders_and_old_images(image, tmp_path, cac
         old.write_bytes(b"x" * 1000)
         cache.publish(old, cache.image_path("a" * 64))
         cache.record("https://example.org/old.sif", "old.sif", "a" * 64)
+        old_code, recent_code = payload.payload_dir().parent / "old", payload.payload_dir().parent / "recent"
+        for folder in (old_code, recent_code):
+            (folder / "top").mkdir(parents=True)
+        os.utime(old_code, (time.time() - 8 * 86400,) * 2)  # a payload unused for 8 days
         time.sleep(1.1)
         done = cli("gc", "--older-than", "1s", "--json")
         assert done.returncode == 0, done.stderr
@@ -350,6 +354,7 @@ def test_gc_sweeps_orphans_stale_run_folders_and_old_images(image, tmp_path, cac
     assert report["orphans"] == [name]
     assert str(stale) in report["run_dirs"] and not stale.exists()
     assert [e["name"] for e in report["images"]] == ["old.sif"]
+    assert report["payloads"] == [str(old_code)] and recent_code.is_dir() and payload.payload_dir().is_dir()
     assert json.loads(cli("ps", "--all", "--json").stdout)["containers"][0]["lost"] == 1
     shutil.rmtree(stale, ignore_errors=True)
 

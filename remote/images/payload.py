@@ -13,9 +13,11 @@ same protocol version); the dependencies go last, so an image's own versions win
 from __future__ import annotations
 
 import compileall
+import contextlib
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import msgpack
@@ -63,12 +65,29 @@ def payload_dir() -> Path:
     root = cache_dir() / "payload"
     target = root / fingerprint(sources)
     if target.is_dir():
+        with contextlib.suppress(OSError):  # its age tells prune() it is in use
+            os.utime(target)
         return target
     try:
         _copy(sources, root, target)
     except OSError as exc:  # a full or read-only cache
         raise cache_error(exc, root) from None
     return target
+
+
+def prune(older_than: float) -> list[Path]:
+    """Remove the payloads (of code since upgraded or changed) no container started from for
+    ``older_than`` seconds; never the current one. Returns the folders removed."""
+    current = payload_dir()
+    cutoff = time.time() - older_than
+    removed = []
+    for folder in sorted(current.parent.iterdir()):
+        if folder != current and folder.is_dir() and not folder.name.startswith("."):
+            with contextlib.suppress(OSError):
+                if folder.stat().st_mtime < cutoff:
+                    shutil.rmtree(folder)
+                    removed.append(folder)
+    return removed
 
 
 def _copy(sources: dict[str, Path], root: Path, target: Path) -> None:

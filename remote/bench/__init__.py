@@ -23,7 +23,7 @@ from typing import Any
 from .report import Options, Row, table
 
 #: Sections in the order they run; each is ``remote.bench.<name>`` with ``rows(options)``.
-SECTIONS = ("transport",)
+SECTIONS = ("transport", "clients")
 
 
 def run(options: Options, sections: tuple[str, ...] = SECTIONS) -> list[Row]:

@@ -66,7 +66,7 @@ ATARI_WRAPPERS: list[tuple[str, dict[str, Any]]] = [
 ATARI_PPO: dict[str, Any] = dict(n_steps=256, batch_size=64, n_epochs=2, seed=0, device="cpu", verbose=0)
 ATARI_LABELS = {"local": "local, the image's Python", "remote": "remote.sb3.make_vec, 1 env"}
 
-#: Throughput envs → vector steps per case (full; quick: a third, at least 100).
+#: Throughput envs → vector steps per case and round: (full, quick).
 THROUGHPUT_ENVS = {
     "HalfCheetah-v5": 1000,
     "LunarLander-v3": 1000,
@@ -90,8 +90,10 @@ def timed_learn(
 ) -> dict[str, Any]:
     """Seconds of ``PPO(policy, envs, **ppo_kwargs).learn(steps)`` with ``threads`` torch
     threads (the model is made before the clock starts), of its ``step_wait`` calls, and
-    the episodes ``(return, length)`` it saw. Self-contained: the image's Python runs this
-    source. ``profile``: a ``cProfile.Profile`` enabled during ``learn``."""
+    the episodes ``(return, length)`` it saw. A first, untimed PPO learns one rollout: the
+    timed one does not pay torch's first use (its ``seed`` reseeds the envs, so it sees the
+    episodes it would have seen alone). Self-contained: the image's Python runs this source.
+    ``profile``: a ``cProfile.Profile`` enabled during the timed ``learn``."""
     import time
 
     import torch
@@ -111,6 +113,8 @@ def timed_learn(
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
+        PPO(policy, envs, **ppo_kwargs).learn(total_timesteps=ppo_kwargs["n_steps"] * envs.num_envs)
+        waited[0] = 0.0
         model = PPO(policy, envs, **ppo_kwargs)
         if profile is not None:
             profile.enable()
@@ -126,6 +130,7 @@ def timed_learn(
         "seconds": seconds,
         "step_wait": waited[0],
         "timesteps": model.num_timesteps,
+        "threads": threads,
         "episodes": [[float(info["r"]), int(info["l"])] for info in model.ep_info_buffer],
     }
 
@@ -197,7 +202,7 @@ print(json.dumps(out))
 """
 
 
-def _learn_rows(
+def learn_rows(
     label: str, learn: dict[str, list[dict[str, Any]]], kinds: dict[str, str], target: float
 ) -> list[Row]:
     """One row per case of learn times (µs); the first case is the reference of the others."""
@@ -209,7 +214,7 @@ def _learn_rows(
             "learn_s": [r["seconds"] for r in runs],
             "step_wait_s": [r["step_wait"] for r in runs],
             "timesteps": runs[0]["timesteps"],
-            "torch_threads": TORCH_THREADS,
+            "torch_threads": runs[0]["threads"],
         }
         return measured(f"{label}: {kinds[kind]}", [r["seconds"] * 1e6 for r in runs], extra=extra, **fields)
 
@@ -232,7 +237,12 @@ def _learn_rows(
 
 
 def cartpole_learn(
-    image: str, steps: int, rounds: int, log: Callable[[str], None] = print, profile: Any = None
+    image: str,
+    steps: int,
+    rounds: int,
+    log: Callable[[str], None] = print,
+    profile: Any = None,
+    threads: int = TORCH_THREADS,
 ) -> dict[str, list[dict[str, Any]]]:
     """:func:`timed_learn` of each of :data:`CARTPOLE_KINDS`, ``rounds`` interleaved rounds;
     ``profile`` (a ``cProfile.Profile``) covers the remote runs' ``learn``."""
@@ -251,7 +261,7 @@ def cartpole_learn(
                 )
             try:
                 run = timed_learn(
-                    envs, "MlpPolicy", steps, PPO_KWARGS, TORCH_THREADS, None if per is None else profile
+                    envs, "MlpPolicy", steps, PPO_KWARGS, threads, None if per is None else profile
                 )
             finally:
                 envs.close()
@@ -263,9 +273,7 @@ def cartpole_learn(
 
 def _cartpole_rows(options: Options, steps: int, rounds: int, label: str) -> list[Row]:
     options.log(f"PPO on {CARTPOLE_ENVS} CartPoles, {steps} steps × {rounds} rounds ...")
-    return _learn_rows(
-        label, cartpole_learn(options.image, steps, rounds, options.log), CARTPOLE_LABELS, 1.05
-    )
+    return learn_rows(label, cartpole_learn(options.image, steps, rounds, options.log), CARTPOLE_LABELS, 1.05)
 
 
 def _atari_rows(options: Options, steps: int, rounds: int, label: str) -> list[Row]:
@@ -290,7 +298,7 @@ def _atari_rows(options: Options, steps: int, rounds: int, label: str) -> list[R
         for kind, runs in learn.items():
             log = f"  round {round_ + 1} {kind:<6} learn {runs[-1]['seconds']:6.2f} s"
             options.log(f"{log}, step_wait {runs[-1]['step_wait']:5.2f} s")
-    return _learn_rows(label, learn, ATARI_LABELS, 1.10)
+    return learn_rows(label, learn, ATARI_LABELS, 1.10)
 
 
 def _throughput_rows(options: Options, env_id: str, steps: int, rounds: int) -> list[Row]:
@@ -382,8 +390,8 @@ def rows(options: Options) -> list[Row]:
     out += _guarded(options, names, why, lambda: _atari_rows(options, a_steps, a_rounds, a_label))
 
     t_rounds = 1 if quick else 2
-    for env_id, full in THROUGHPUT_ENVS.items():
-        t_steps = max(100, full // 3) if quick else full
+    for env_id, (full, fewer) in THROUGHPUT_ENVS.items():
+        t_steps = fewer if quick else full
         names = [(f"{env_id} ×{VECTOR_ENVS}, per vector step: {v}", "") for v in THROUGHPUT_LABELS.values()]
         names[-1] = (names[-1][0], THROUGHPUT_TARGET)
         options.log(f"stepping {VECTOR_ENVS} × {env_id}, {t_steps} steps × {t_rounds} rounds ...")

@@ -378,13 +378,16 @@ def rows(options: Options) -> list[Row]:
     quick = options.quick
     out: list[Row] = []
     steps, rounds = (4096, 2) if quick else (20_000, 2)
-    label = f"SB3 PPO CartPole ×{CARTPOLE_ENVS}, {steps:,} steps, learn"
+    label = f"SB3 PPO CartPole ×{CARTPOLE_ENVS}, {steps:,} steps, torch threads {TORCH_THREADS}, learn"
     names = [(f"{label}: {v}", "" if k == "local" else "≤ 1.05×") for k, v in CARTPOLE_LABELS.items()]
     why = _missing_sb3() or _missing_image(options.image)
     out += _guarded(options, names, why, lambda: _cartpole_rows(options, steps, rounds, label))
 
     a_steps, a_rounds = (512, 1) if quick else (2048, 2)
-    a_label = f"SB3 PPO CnnPolicy Breakout (preprocessed in the container), {a_steps:,} steps, learn"
+    a_label = (
+        f"SB3 PPO CnnPolicy Breakout (preprocessed in the container), {a_steps:,} steps, "
+        f"torch threads {TORCH_THREADS}, learn"
+    )
     names = [(f"{a_label}: {v}", "" if k == "local" else "≤ 1.10×") for k, v in ATARI_LABELS.items()]
     why = _missing_sb3() or _missing_image(options.envs_image)
     out += _guarded(options, names, why, lambda: _atari_rows(options, a_steps, a_rounds, a_label))

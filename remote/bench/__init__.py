@@ -6,8 +6,9 @@ ratio, target, and whether the target is met. A row that cannot be measured on t
 (an image or an optional package missing) is printed with the reason, never left out.
 
 Sections (one module each): ``transport`` (step latency per observation size, vector
-throughput, cold start, close, warm pool). ``--placement same|split`` pins the client and the
-servers to one CPU or to two.
+throughput, cold start, close, warm pool), ``clients`` (SB3 PPO learn time on CartPole and
+Breakout, make_vec throughput on MuJoCo, Box2D and Atari envs, each against local envs).
+``--placement same|split`` pins the client and the servers to one CPU or to two.
 """
 
 from __future__ import annotations

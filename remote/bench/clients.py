@@ -21,8 +21,9 @@ Torch runs with :data:`TORCH_THREADS` thread(s) on both sides of every PPO row. 
 is ``model.learn`` alone; ``extra`` also holds the seconds spent in ``step_wait``.
 
 Sizes: full: CartPole 20,000 steps × 2 rounds, Breakout 2,048 steps × 2 rounds, throughput
-2 rounds of 1,000 vector steps per case (CarRacing 300): about 8 minutes on 2 CPUs. Quick:
-4,096 / 512 steps and 1 round of 300 (CarRacing 100): about 2 minutes.
+2 rounds of 1,000 vector steps per case (CarRacing 300): about 6 minutes on 2 busy CPUs.
+Quick: CartPole 4,096 steps × 2 rounds, Breakout 512 × 1, throughput 1 round of 300 (CarRacing
+100): about 1.5 minutes.
 """
 
 from __future__ import annotations
@@ -306,6 +307,7 @@ def _throughput_rows(options: Options, env_id: str, steps: int, rounds: int) -> 
     import remote
 
     n, per = VECTOR_ENVS, ENVS_PER_CONTAINER
+    options.log(f"stepping {n} × {env_id}, {steps} steps × {rounds} rounds ...")
     labels = THROUGHPUT_LABELS
     label = f"{env_id} ×{n}, per vector step"
     script = THROUGHPUT_REFERENCE.format(functions=_source(step_times))
@@ -397,7 +399,6 @@ def rows(options: Options) -> list[Row]:
         t_steps = fewer if quick else full
         names = [(f"{env_id} ×{VECTOR_ENVS}, per vector step: {v}", "") for v in THROUGHPUT_LABELS.values()]
         names[-1] = (names[-1][0], THROUGHPUT_TARGET)
-        options.log(f"stepping {VECTOR_ENVS} × {env_id}, {t_steps} steps × {t_rounds} rounds ...")
         measure = lambda e=env_id, s=t_steps: _throughput_rows(options, e, s, t_rounds)  # noqa: E731
         out += _guarded(options, names, _missing_image(options.envs_image), measure)
     return out

@@ -453,10 +453,25 @@ def test_bench_runs_remote_bench_or_says_it_is_missing(image, cache_root):
         done = cli("bench")
         assert done.returncode == 3 and "remote.bench" in done.stderr
     else:
-        done = cli("bench", "--quick", "--image", image, timeout=300)
+        done = cli("bench", "--quick", "--only", "transport", "--image", image, timeout=300)
         assert done.returncode == 0, done.stderr
         assert "| measurement | median |" in done.stdout and "CartPole remote step" in done.stdout
         assert "| warm `Pool.make` → first `reset` |" in done.stdout  # the warm pool's figure
+        # a row whose image is missing is printed with the reason, never left out
+        nope = [
+            "--envs-image",
+            "/nope.sif",
+            "--dacbench-image",
+            "/nope.sif",
+            "--other-python-image",
+            "/nope.sif",
+        ]
+        done = cli("bench", "--quick", "--only", "envs", "--image", image, *nope, timeout=300)
+        assert done.returncode == 0, done.stderr
+        for row in ("LunarLander-v3 overhead per step", "another Python", "FunctionApproximation-v0 step"):
+            (line,) = [line for line in done.stdout.splitlines() if row in line]
+            assert "not measured: image /nope.sif not found" in line
+        assert "| CartPole-v1 step on one CPU, remote" in done.stdout  # measured: it needs no missing image
         done = cli("bench", "--help")
         assert done.returncode == 0 and "remote.bench" in done.stdout and "--quick" in done.stdout
         missing = cli("bench", "--quick", "--image", "/nonexistent.sif")

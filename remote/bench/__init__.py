@@ -8,8 +8,9 @@ ratio, target, and whether the target is met. A row that cannot be measured on t
 Sections (one module each): ``transport`` (step latency per observation size, vector
 throughput, cold start, close, warm pool), ``envs`` (real envs' overhead per step against the
 image's own Python, CartPole on one CPU, numpy scalars in info, another Python, DACBench's
-step and ``make`` with ``preload=``). ``--placement same|split`` pins the client and the
-servers to one CPU or to two.
+step and ``make`` with ``preload=``), ``clients`` (SB3 PPO learn time on CartPole and
+Breakout, make_vec throughput on MuJoCo, Box2D and Atari envs, each against local envs).
+``--placement same|split`` pins the client and the servers to one CPU or to two.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 from .report import Options, Row, table
 
 #: Sections in the order they run; each is ``remote.bench.<name>`` with ``rows(options)``.
-SECTIONS = ("transport", "envs")
+SECTIONS = ("transport", "envs", "clients")
 
 
 def run(options: Options, sections: tuple[str, ...] = SECTIONS) -> list[Row]:

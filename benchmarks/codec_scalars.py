@@ -18,15 +18,40 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from remote.bench.envs import best, frame_codec
+from remote.bench.envs import best
 
 DEFAULT_BEFORE = "/work/main/remote/protocol/codec.py"
+
+
+def frame_codec(codec: ModuleType) -> tuple[Callable[[Any], bytes], Callable[[bytes], Any]]:
+    """``(encode, decode)`` of a frame's body as :class:`remote.protocol.channel.Channel` makes
+    and reads it with ``codec`` (the arrays here are small: all inline)."""
+    packers: list[Any] = []
+
+    def default(obj: Any) -> Any:
+        if type(obj) is np.ndarray:
+            return codec.inline_ext(obj)
+        return codec.plain(obj, default, pack)
+
+    def pack(obj: Any) -> bytes:
+        return codec.pack_with(packers, default, obj)
+
+    def hook(code: int, data: bytes) -> Any:
+        if code == codec.EXT_NDARRAY_OOB:
+            raise AssertionError("no out-of-band arrays here")
+        if code == codec.EXT_TUPLE:
+            return tuple(codec.msgpack.unpackb(data, **options))
+        return codec.ext_hook(code, data)
+
+    options = {**codec.UNPACK, "ext_hook": hook}
+    return pack, lambda data: codec.decode(memoryview(data), options)
 
 
 def load_before(path: str) -> ModuleType:

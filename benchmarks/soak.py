@@ -93,9 +93,13 @@ def soak(image: str, containers: int, steps: int, kill_every: int, seed: int) ->
     rss_end = rss_mb()
     for env in envs:
         env.close()
-    return {"steps": done, "kills_injected": injected, "deaths_detected": detected,
-            "slowest_detection_s": round(slowest, 3),
-            "rss_growth_mb": round(rss_end - (rss_start or rss_end), 2)}
+    return {
+        "steps": done,
+        "kills_injected": injected,
+        "deaths_detected": detected,
+        "slowest_detection_s": round(slowest, 3),
+        "rss_growth_mb": round(rss_end - (rss_start or rss_end), 2),
+    }
 
 
 def kill_cycles(image: str, cycles: int) -> dict:
@@ -104,8 +108,12 @@ def kill_cycles(image: str, cycles: int) -> dict:
         env = remote.make("CartPole-v1", image=image)
         env.reset(seed=0)
         times.append(kill_and_detect(env))
-    return {"kill_cycles": cycles, "typed_container_died": len(times),
-            "within_2s": sum(t < 2.0 for t in times), "max_detection_s": round(max(times, default=0), 3)}
+    return {
+        "kill_cycles": cycles,
+        "typed_container_died": len(times),
+        "within_2s": sum(t < 2.0 for t in times),
+        "max_detection_s": round(max(times, default=0), 3),
+    }
 
 
 def main() -> None:
@@ -132,8 +140,11 @@ def main() -> None:
         print(f"{key:<{width}}  {value}")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
-    ok = (figures["orphan_processes"] == 0 and figures["orphan_run_dirs"] == 0
-          and figures["within_2s"] == figures["kill_cycles"])
+    ok = (
+        figures["orphan_processes"] == 0
+        and figures["orphan_run_dirs"] == 0
+        and figures["within_2s"] == figures["kill_cycles"]
+    )
     raise SystemExit(0 if ok else 1)
 
 

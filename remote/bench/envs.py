@@ -22,7 +22,6 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import gymnasium as gym
@@ -252,30 +251,6 @@ def one_cpu(image: str, rounds: int, steps: int) -> dict[str, list[float]]:
 # -- numpy scalars in info ----------------------------------------------------------------------
 
 
-def frame_codec(codec: ModuleType) -> tuple[Callable[[Any], bytes], Callable[[bytes], Any]]:
-    """``(encode, decode)`` of a frame's body as :class:`remote.protocol.channel.Channel` makes
-    and reads it with ``codec`` (the arrays here are small: all inline)."""
-    packers: list[Any] = []
-
-    def default(obj: Any) -> Any:
-        if type(obj) is np.ndarray:
-            return codec.inline_ext(obj)
-        return codec.plain(obj, default, pack)
-
-    def pack(obj: Any) -> bytes:
-        return codec.pack_with(packers, default, obj)
-
-    def hook(code: int, data: bytes) -> Any:
-        if code == codec.EXT_NDARRAY_OOB:
-            raise AssertionError("no out-of-band arrays here")
-        if code == codec.EXT_TUPLE:
-            return tuple(codec.msgpack.unpackb(data, **options))
-        return codec.ext_hook(code, data)
-
-    options = {**codec.UNPACK, "ext_hook": hook}
-    return pack, lambda data: codec.decode(memoryview(data), options)
-
-
 def best(calls: list[tuple[Any, Any]], rounds: int = 9) -> list[float]:
     """Best µs per call of each ``(call, argument)``, over ``rounds`` rounds of ~10 ms each,
     the calls interleaved round by round (a load spike hits them all alike)."""
@@ -303,19 +278,29 @@ def reply(info: dict[str, Any]) -> list[Any]:
 
 
 def scalar_costs(rounds: int) -> dict[str, float]:
-    """µs to encode and decode one value of each of :data:`SCALARS` in a reply's info:
-    (a reply with 6 of them − one with none) / 6."""
-    from remote.protocol import codec
+    """µs to encode and decode one value of each of :data:`SCALARS` in a reply's info, sent
+    and received by a pair of real channels: (a reply with 6 of them − one with none) / 6
+    (the rest of the two, the syscalls too, is the same)."""
+    import socket
 
-    encode, decode = frame_codec(codec)
+    from remote.protocol.channel import Channel
+
+    ends = socket.socketpair()
+    sender, receiver = Channel(ends[0]), Channel(ends[1])
+
+    def through(message: list[Any]) -> Any:
+        sender.send(message)
+        return receiver.recv()
+
     messages = [reply({})] + [reply({f"k{i}": kind(i) for i in range(6)}) for kind in SCALARS.values()]
-    for message in messages:  # what is measured comes back as it went
-        assert [type(v) for v in decode(encode(message))[5].values()] == [
-            type(v) for v in message[5].values()
-        ]
-    times = best([call for m in messages for call in ((encode, m), (decode, encode(m)))], rounds)
-    both = [times[i] + times[i + 1] for i in range(0, len(times), 2)]
-    return {name: (cost - both[0]) / 6 for name, cost in zip(SCALARS, both[1:], strict=True)}
+    try:
+        for message in messages:  # what is measured comes back as it went
+            assert [type(v) for v in through(message)[5].values()] == [type(v) for v in message[5].values()]
+        times = best([(through, message) for message in messages], rounds)
+    finally:
+        sender.close()
+        receiver.close()
+    return {name: (cost - times[0]) / 6 for name, cost in zip(SCALARS, times[1:], strict=True)}
 
 
 def scalar_rows(rounds: int) -> list[Row]:

@@ -22,6 +22,7 @@ import numpy as np
 from ..errors import ProtocolError
 from .codec import (
     EXT_NDARRAY_OOB,
+    EXT_SCALAR,
     EXT_TUPLE,
     UNPACK,
     array_header,
@@ -32,6 +33,7 @@ from .codec import (
     oob_array_header,
     pack_with,
     plain,
+    read_scalar,
 )
 
 #: Largest frame accepted in either direction (bytes).
@@ -214,6 +216,8 @@ class Channel:
                 take += n
 
     def _ext_hook(self, code: int, data: bytes) -> Any:
+        if code == EXT_SCALAR:  # the most frequent: an info dict's numbers
+            return read_scalar(data)
         if code == EXT_NDARRAY_OOB:  # the data is the header alone: look it up as it is
             dtype, shape, offset, nbytes = oob_array_header(data)
             if offset != len(data) or nbytes > self._budget:

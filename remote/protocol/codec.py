@@ -12,10 +12,10 @@ Values that cross the wire are msgpack with these extension types:
 * ``numpy scalar``: ``np.float32(1.5)`` stays an ``np.float32``. A type of
   :data:`SCALAR_TYPES` (bool, integers, floats, complex: what an info dict holds) goes in
   its short form: the byte ``0x80 + i`` naming ``SCALAR_TYPES[i]``, then the value's bytes,
-  little endian (a dict lookup and a ``struct`` call each way, no array); any other
-  (``datetime64``, ``str_``, ``longdouble``, ...) as the header of a 0-d array, then its
-  bytes. A header starts with its dtype string's length (never 128), so the first byte
-  tells the two apart; readers take both.
+  little endian (a dict lookup and a ``struct`` call each way, no array; a float32 NaN
+  through numpy, its bits kept); any other (``datetime64``, ``str_``, ``longdouble``, ...)
+  as the header of a 0-d array, then its bytes. A header starts with its dtype string's
+  length (never 128), so the first byte tells the two apart; readers take both.
 
 **Flat bodies** (frames only, :func:`pack_with`): the hot path's messages (a step request
 ``["step", action]``, a step reply ``[OK, obs, reward, terminated, truncated, info]``, a reset
@@ -242,6 +242,9 @@ def _scalar_packer(kind: type, prefix: bytes) -> Callable[[Any], bytes]:
     code = _struct_code(np.dtype(kind))
     if code:
         return functools.partial(struct.Struct(f"<{len(prefix)}s{code[1:]}").pack, prefix)
+    if kind is np.float32:  # through struct unless a NaN, whose bits a double could change
+        pack = functools.partial(struct.Struct(f"<{len(prefix)}sf").pack, prefix)
+        return lambda value: pack(value) if value == value else prefix + value.tobytes()
     return lambda value: prefix + value.tobytes()
 
 
@@ -255,14 +258,41 @@ def _scalar_unpacker(dtype: np.dtype) -> tuple[Callable[[Any, int], Any], Any]:
     return (lambda data, offset: np.frombuffer(data, little, 1, offset)[0]), None
 
 
+def _float32_reader() -> Callable[[bytes], Any]:
+    """A float32's short form → the np.float32, through struct unless a NaN (kept bit for bit)."""
+    unpack, f32, little = struct.Struct("<xf").unpack, np.float32, np.dtype("<f4")
+
+    def read(data: bytes) -> Any:
+        (value,) = unpack(data)
+        return f32(value) if value == value else np.frombuffer(data, little, 1, 1)[0]
+
+    return read
+
+
 #: Where a scalar is read: its short form's first byte → (payload size, unpack, kind).
 _SCALAR_FORMS: dict[int, tuple[int, Callable[[Any, int], Any], Any]] = {}
 #: How one is made, on a little-endian host: its type → its payload (0x80 + i, its bytes).
 _SCALAR_PAYLOADS: dict[type, Callable[[Any], bytes]] = {}
+#: The common scalars' fast read: first byte → ``(unpack, kind)``, the value being
+#: ``kind(unpack(payload)[0])`` (``unpack`` takes exactly the payload's size, or raises
+#: struct.error, a ProtocolError from :func:`decode`); float32's: ``(read, None)``.
+SCALAR_READERS: dict[int, tuple[Callable[[bytes], Any], Any]] = {}
 for _index, _kind in enumerate(SCALAR_TYPES):
-    _SCALAR_FORMS[0x80 + _index] = (1 + np.dtype(_kind).itemsize, *_scalar_unpacker(np.dtype(_kind)))
+    _dtype = np.dtype(_kind)
+    _SCALAR_FORMS[0x80 + _index] = (1 + _dtype.itemsize, *_scalar_unpacker(_dtype))
     if sys.byteorder == "little":
         _SCALAR_PAYLOADS[_kind] = _scalar_packer(_kind, bytes((0x80 + _index,)))
+    if _struct_code(_dtype):
+        SCALAR_READERS[0x80 + _index] = (struct.Struct("<x" + _struct_code(_dtype)[1:]).unpack, _kind)
+SCALAR_READERS[0x80 + SCALAR_TYPES.index(np.float32)] = (_float32_reader(), None)
+
+
+def read_scalar(data: bytes) -> Any:
+    """The scalar of an ``EXT_SCALAR`` payload (a short form, or a 0-d array's header and bytes)."""
+    reader = SCALAR_READERS.get(data[0]) if data else None
+    if reader is None:
+        return _scalar(data)
+    return reader[1](reader[0](data)[0]) if reader[1] is not None else reader[0](data)
 
 
 def _scalar(data: bytes) -> Any:
@@ -427,13 +457,10 @@ def unflat(data: Any, ext_hook: Callable[[int, bytes], Any]) -> list[Any]:
 
 
 def ext_hook(code: int, data: bytes) -> Any:
+    if code == EXT_SCALAR:  # the most frequent: an info dict's numbers
+        return read_scalar(data)
     if code == EXT_NDARRAY:
         return _inline_array(data)
-    if code == EXT_SCALAR:
-        form = _SCALAR_FORMS.get(data[0]) if data else None
-        if form is not None and form[2] and len(data) == form[0]:  # bool, integers, float64
-            return form[2](form[1](data, 1)[0])
-        return _scalar(data)
     if code == EXT_TUPLE:
         return tuple(msgpack.unpackb(data, **UNPACK))
     raise ProtocolError(f"unknown msgpack extension type {code}")

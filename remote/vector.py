@@ -287,7 +287,11 @@ class RemoteVectorEnv(VectorEnv):
         return deepcopy(observations) if self.copy else observations
 
     def _merged(self, each: list[dict[str, Any]]) -> dict[str, Any]:
-        """One info per env, merged as gymnasium's vector envs merge them."""
+        """One info per env, merged as gymnasium's vector envs merge them (``_add_info``);
+        at once, key by key, where every env's info has the same keys of plain numbers."""
+        merged = merged_numbers(each) if len(each) == self.num_envs else None
+        if merged is not None:
+            return merged
         infos: dict[str, Any] = {}
         for i, info in enumerate(each):
             infos = self._add_info(infos, info, i)
@@ -345,3 +349,29 @@ def make_vec(
     if backend != "local":
         raise ValueError(f"backend must be 'local' or 'ray', not {backend!r}")
     return RemoteVectorEnv(env_id, num_envs, image=image, envs_per_container=envs_per_container, **kwargs)
+
+
+#: The types ``_add_info`` batches in an array of their own type.
+_NUMBERS = (int, float, bool)
+
+
+def merged_numbers(each: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """What gymnasium's ``_add_info`` makes of ``each`` (every env's info: ``{key: array of
+    the first env's value's type, "_key": all True}``, in its keys' order), or None unless
+    every info has the same keys in the same order and every value is an int, float, bool
+    or numpy number."""
+    first = each[0]
+    keys = list(first)
+    for info in each:
+        if list(info) != keys:
+            return None
+    merged: dict[str, Any] = {}
+    n = len(each)
+    for key in keys:
+        values = [info[key] for info in each]
+        kind = type(values[0])
+        if not (kind in _NUMBERS or issubclass(kind, np.number)):
+            return None
+        merged[key] = np.array(values, dtype=kind)
+        merged[f"_{key}"] = np.ones(n, dtype=np.bool_)
+    return merged

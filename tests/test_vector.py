@@ -5,10 +5,12 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import remote
 from remote.protocol import ops
-from remote.vector import RemoteVectorEnv
+from remote.vector import RemoteVectorEnv, merged_numbers
 
 
 def _local_test_env(name: str) -> type:
@@ -127,3 +129,61 @@ def test_a_dead_container_raises_container_died_and_the_rest_closes(image):
     finally:
         envs.close()
     assert not any(r.alive for r in envs._runners)
+
+
+# -- infos merged at once, as gymnasium's _add_info merges them one by one ----------------------
+
+NUMBERS = st.one_of(
+    st.integers(-(2**40), 2**40),
+    st.floats(allow_nan=True),
+    st.booleans(),
+    st.sampled_from([np.float64, np.float32, np.int64, np.int32, np.uint8, np.bool_]).flatmap(
+        lambda kind: st.integers(0, 200).map(kind)
+    ),
+)
+
+
+class _Batcher(RemoteVectorEnv):
+    """A RemoteVectorEnv with no containers: its info merging alone."""
+
+    def __init__(self, num_envs: int) -> None:
+        self.num_envs = num_envs
+
+
+def _infos(keys: list[str]) -> st.SearchStrategy[list[dict]]:
+    """1-5 infos with ``keys`` in that order (as one env's infos come), values of any number type."""
+    info = st.tuples(*[NUMBERS] * len(keys)).map(lambda values: dict(zip(keys, values, strict=True)))
+    return st.lists(info, min_size=1, max_size=5)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(max_size=3), max_size=4, unique=True).flatmap(_infos))
+def test_infos_of_numbers_merge_as_gymnasium_merges_them(each):
+    batcher = _Batcher(len(each))
+    by_gymnasium: dict = {}
+    try:
+        for i, info in enumerate(each):
+            by_gymnasium = gym.vector.VectorEnv._add_info(batcher, by_gymnasium, info, i)
+    except (OverflowError, ValueError) as exc:  # a number that does not fit the first's type
+        with pytest.raises(type(exc)):
+            batcher._merged(each)
+        return
+    merged = batcher._merged(each)
+    assert list(merged) == list(by_gymnasium)
+    for key, array in by_gymnasium.items():
+        assert merged[key].dtype == array.dtype, key
+        if array.dtype != object:
+            assert merged[key].tobytes() == array.tobytes(), key
+        else:
+            assert all(
+                type(a) is type(b) and (a == b or a != a) for a, b in zip(merged[key], array, strict=True)
+            )
+
+
+def test_infos_of_other_values_are_left_to_gymnasium():
+    mujoco = {"x_position": np.float64(0.1), "reward_ctrl": np.float32(-0.2), "steps": 3, "ok": True}
+    assert merged_numbers([mujoco, mujoco]) is not None
+    assert merged_numbers([{"a": 1}, {"b": 1}]) is None  # other keys
+    assert merged_numbers([{"a": 1, "b": 2}, {"b": 2, "a": 1}]) is None  # another order
+    assert merged_numbers([{"a": np.zeros(2)}]) is None and merged_numbers([{"a": "x"}]) is None
+    assert merged_numbers([{"a": {"b": 1}}]) is None

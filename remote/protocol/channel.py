@@ -61,6 +61,9 @@ REPROBE = 16
 CONTENDED = 0.05
 #: How often the pressure is read (ns).
 PRESSURE_PERIOD_NS = 100_000_000
+#: While contended without polling, a period polls after this many, to see whether the
+#: contention was the round trips' own.
+TRIAL = 10
 
 _SIZE = struct.Struct("<I")
 _HEADER = struct.Struct("<II")
@@ -78,13 +81,20 @@ def _bytes_of(array: np.ndarray) -> memoryview:
 class _Pressure:
     """Whether the CPUs are contended, from the growth of the kernel's CPU stall time
     (``some ... total=`` µs in /proc/pressure/cpu) over the last period; without that file,
-    from the load average against the CPUs this process may use."""
+    from the load average against the CPUs this process may use.
+
+    Round trips that sleep stall too (a woken peer waits for the CPU its waker is leaving),
+    so after ``TRIAL`` periods without polling that looked contended comes one with polling:
+    polling goes on if that one is not contended; if it is, the next trial waits twice as
+    long (up to ``64 * TRIAL`` periods)."""
 
     def __init__(self) -> None:
         self.next = 0  # when to read again (perf_counter_ns)
         self.contended = True
         self._stall = self._stalled()
         self._at = time.perf_counter_ns()
+        self._off = 0  # periods without polling in a row
+        self._trial = TRIAL  # after how many of them polling is tried
 
     @staticmethod
     def _stalled() -> int | None:
@@ -98,11 +108,21 @@ class _Pressure:
         """Read the pressure (due at :attr:`next`); whether the CPUs are contended."""
         stall = self._stalled()
         if stall is None or self._stall is None:
-            self.contended = os.getloadavg()[0] >= len(os.sched_getaffinity(0))
+            contended = os.getloadavg()[0] >= len(os.sched_getaffinity(0))
         else:
-            self.contended = (stall - self._stall) * 1000 > CONTENDED * (now - self._at)
+            contended = (stall - self._stall) * 1000 > CONTENDED * (now - self._at)
+        if contended and self.contended:  # perhaps the sleeping round trips' own stalls
+            self._off += 1
+            contended = self._off < self._trial
+        elif contended:  # polling, and contended all the same
+            if self._off >= self._trial:  # a trial that failed
+                self._trial = min(2 * self._trial, 64 * TRIAL)
+            self._off = 0
+        else:
+            self._off, self._trial = 0, TRIAL
+        self.contended = contended
         self._stall, self._at, self.next = stall, now, now + PRESSURE_PERIOD_NS
-        return self.contended
+        return contended
 
 
 _pressure = _Pressure()

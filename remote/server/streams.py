@@ -9,7 +9,7 @@ import traceback
 from typing import Any
 
 from ..errors import ProtocolError
-from ..protocol.channel import Channel
+from ..protocol.channel import Channel, polling
 from ..protocol.ops import OK, check_hello, error_reply
 from .control import RemoteRunnerServer
 from .envs import RemoteEnvironmentServer
@@ -17,13 +17,18 @@ from .groups import EnvGroupServer
 
 
 class EnvStreamServer:
-    """Accepts env-stream connections and serves each on its own thread."""
+    """Accepts env-stream connections and serves each on its own thread.
+
+    A stream alone in the container polls for its next request before it sleeps (see
+    :class:`~remote.protocol.channel.Channel`); with more than one, none polls, or a polling
+    thread would hold the GIL another stream's thread needs to answer.
+    """
 
     def __init__(self, listener: socket.socket, runner: RemoteRunnerServer, secret: str) -> None:
         self.listener = listener
         self.runner = runner
         self.secret = secret
-        self.connections: set[socket.socket] = set()
+        self.connections: dict[socket.socket, Channel] = {}
         self.lock = threading.Lock()
 
     def stop(self) -> None:
@@ -31,7 +36,7 @@ class EnvStreamServer:
         then ends in a lost connection (the client reports the container's exit), never in
         an answer from an env already closed."""
         with self.lock:
-            connections, self.connections = list(self.connections), set()
+            connections, self.connections = list(self.connections), {}
         for sock in [self.listener, *connections]:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
@@ -47,7 +52,8 @@ class EnvStreamServer:
     def serve(self, conn: socket.socket) -> None:
         channel = Channel(conn)
         with self.lock:
-            self.connections.add(conn)
+            self.connections[conn] = channel
+            self._poll()
         try:
             with conn:
                 target = self._accept(channel)
@@ -70,7 +76,14 @@ class EnvStreamServer:
             traceback.print_exc()
         finally:
             with self.lock:
-                self.connections.discard(conn)
+                self.connections.pop(conn, None)
+                self._poll()
+
+    def _poll(self) -> None:
+        """Let the stream poll if it is alone (under :attr:`lock`)."""
+        poll = polling() if len(self.connections) == 1 else 0
+        for channel in self.connections.values():
+            channel.poll_ns = poll
 
     def _accept(self, channel: Channel) -> RemoteEnvironmentServer | EnvGroupServer | None:
         channel.settimeout(10.0)  # a client must say hello promptly

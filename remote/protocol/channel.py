@@ -59,8 +59,10 @@ POLL_NS = 200_000
 REPROBE = 16
 #: Receives poll only while tasks waited for a CPU less than this share of the time (the
 #: kernel's CPU pressure, /proc/pressure/cpu): a spinning process takes a CPU that others,
-#: often its own peer, need; polling pays only where a CPU would otherwise sit idle.
-CONTENDED = 0.05
+#: often its own peer, need; polling pays only where a CPU would otherwise sit idle. Round
+#: trips that sleep make 2-6 % themselves (a woken task waits for its CPU), polling ones
+#: 1-2 %, other programs competing for the CPUs 20-60 %.
+CONTENDED = 0.20
 #: How often the pressure is read (ns).
 PRESSURE_PERIOD_NS = 100_000_000
 #: While contended without polling, a period polls after this many, to see whether the

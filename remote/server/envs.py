@@ -261,8 +261,8 @@ def describe_env(env: gym.Env) -> dict[str, Any]:
 
 
 def action_checker(space: gym.Space) -> Callable[[Any], None]:
-    """:func:`check_action` for one space, with a fast path for the common actions
-    (a plain int for Discrete, an ndarray of the right shape for Box)."""
+    """:func:`check_action` for one space, with a fast path for the common actions (a plain
+    int for Discrete, an ndarray of the right shape for Box, and so on inside Dict and Tuple)."""
     if type(space) is gym.spaces.Discrete:
         low, high = int(space.start), int(space.start + space.n)
 
@@ -279,6 +279,26 @@ def action_checker(space: gym.Space) -> Callable[[Any], None]:
                 check_action(space, action)
 
         return check_box
+    if type(space) is gym.spaces.Dict:
+        keys, checks = space.spaces.keys(), [(key, action_checker(sub)) for key, sub in space.spaces.items()]
+
+        def check_dict(action: Any) -> None:
+            if type(action) is not dict or action.keys() != keys:
+                check_action(space, action)
+            for key, check in checks:
+                check(action[key])
+
+        return check_dict
+    if type(space) is gym.spaces.Tuple:
+        parts = [action_checker(sub) for sub in space.spaces]
+
+        def check_tuple(action: Any) -> None:
+            if type(action) not in (tuple, list) or len(action) != len(parts):
+                check_action(space, action)
+            for check, value in zip(parts, action, strict=True):
+                check(value)
+
+        return check_tuple
     return lambda action: check_action(space, action)
 
 

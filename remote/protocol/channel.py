@@ -132,10 +132,10 @@ class _Pressure:
 _pressure = _Pressure()
 
 
-def polling() -> int:
-    """:data:`POLL_NS`, or 0 where this process may run on one CPU only: a poll there would
-    keep the peer from the CPU it needs to answer."""
-    return POLL_NS if len(os.sched_getaffinity(0)) > 1 else 0
+def polling(ns: int = POLL_NS) -> int:
+    """``ns``, or 0 where this process may run on one CPU only: a poll there would keep the
+    peer from the CPU it needs to answer."""
+    return ns if len(os.sched_getaffinity(0)) > 1 else 0
 
 
 def _too_large(size: int) -> ProtocolError:

@@ -15,6 +15,12 @@ from .control import RemoteRunnerServer
 from .envs import RemoteEnvironmentServer
 from .groups import EnvGroupServer
 
+#: How long a lone stream polls for its next request before it sleeps (ns): longer than a
+#: client's poll for its reply, as the next request follows the agent's own work (a policy's
+#: forward pass, 0.2-0.5 ms). SB3 PPO on 4 CartPoles, 20k steps: learn time 1.35x local
+#: with 0.2 ms, 1.01-1.14x with 1-2 ms (step_wait 244 -> 137-140 us per step of 4).
+REQUEST_POLL_NS = 1_000_000
+
 
 class EnvStreamServer:
     """Accepts env-stream connections and serves each on its own thread.
@@ -81,7 +87,7 @@ class EnvStreamServer:
 
     def _poll(self) -> None:
         """Let the stream poll if it is alone (under :attr:`lock`)."""
-        poll = polling() if len(self.connections) == 1 else 0
+        poll = polling(REQUEST_POLL_NS) if len(self.connections) == 1 else 0
         for channel in self.connections.values():
             channel.poll_ns = poll
 

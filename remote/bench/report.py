@@ -113,7 +113,9 @@ def pin_tree(pid: int, cpu: int) -> None:
 def _µs(value: float) -> str:
     if value >= 10_000_000:
         return f"{value / 1e6:,.2f} s"
-    return f"{value / 1000:,.1f} ms" if value >= 10_000 else f"{value:,.1f} µs"
+    if value >= 10_000:
+        return f"{value / 1000:,.1f} ms"
+    return f"{value:,.1f} µs" if value >= 10 else f"{value:.2f} µs"
 
 
 def table(rows: list[Row]) -> str:

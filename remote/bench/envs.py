@@ -30,7 +30,7 @@ import numpy as np
 
 from .image import image_command
 from .report import Options, Row, interleaved, measured, missing, pin_tree, time_steps
-from .transport import Floor
+from .transport import Floor, raw_server
 
 #: envs.sif's envs whose overhead per step is measured: id → what the id needs imported.
 ENVS = {"LunarLander-v3": (), "HalfCheetah-v5": (), "Hopper-v5": ()}
@@ -66,31 +66,14 @@ for line in sys.stdin:
 
 #: A raw unix-socket server of CartPole for :class:`remote.bench.transport.Floor`: a msgpack
 #: action is a step, nil a reset; the reply is the floor's (size, header, raw observation).
-RAW_SERVER = """
-import socket, struct, sys
-import gymnasium as gym
-import msgpack
-env = gym.make("CartPole-v1")
-env.reset(seed=0)
-listener = socket.socket(socket.AF_UNIX)
-listener.bind(sys.argv[1])
-listener.listen(1)
-print("ready", flush=True)
-conn, _ = listener.accept()
-size = struct.Struct("<I")
-buffer = bytearray(256)
-while True:
-    n = conn.recv_into(buffer)
-    if not n:
-        break
-    action = msgpack.unpackb(memoryview(buffer)[4:n])
-    if action is None:
-        (obs, _), reward, terminated, truncated = env.reset(), 0.0, False, False
-    else:
-        obs, reward, terminated, truncated, _ = env.step(action)
-    head = msgpack.packb([obs.dtype.str, obs.shape, float(reward), bool(terminated), bool(truncated)])
-    conn.sendmsg([size.pack(len(head)), head, obs])
-"""
+RAW_SERVER = raw_server(
+    "import gymnasium as gym\nenv = gym.make('CartPole-v1')",
+    "    if request is None:\n"
+    "        (obs, _), reward, terminated, truncated = env.reset(), 0.0, False, False\n"
+    "    else:\n"
+    "        obs, reward, terminated, truncated, _ = env.step(request)\n"
+    "        reward = float(reward)",
+)
 
 
 class ImageStepper:

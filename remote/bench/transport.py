@@ -51,12 +51,15 @@ def _local_env(nbytes: int) -> gym.Env:
     return ArrayObsEnv(nbytes) if nbytes else gym.make("CartPole-v1")
 
 
-#: The floor: a raw unix-socket server, msgpack request, msgpack header + raw obs reply.
-FLOOR_SERVER = """
+def raw_server(setup: str, step: str) -> str:
+    """The script of a raw unix-socket server, :class:`Floor`'s peer: ``setup`` makes ``env``;
+    ``step`` (indented 4) sets ``obs, reward, terminated, truncated`` from the msgpack ``request``.
+    It answers with a 4-byte size, a msgpack header ``[dtype, shape, reward, terminated,
+    truncated]`` and the raw observation."""
+    return f"""
 import socket, struct, sys
 import msgpack
-from remote.bench.transport import _local_env
-env = _local_env(int(sys.argv[2]))
+{setup}
 env.reset(seed=0)
 listener = socket.socket(socket.AF_UNIX)
 listener.bind(sys.argv[1])
@@ -69,12 +72,20 @@ while True:
     n = conn.recv_into(buffer)
     if not n:
         break
-    obs, reward, terminated, truncated, _ = env.step(msgpack.unpackb(memoryview(buffer)[4:n]))
-    if terminated or truncated:
-        obs, _ = env.reset()
+    request = msgpack.unpackb(memoryview(buffer)[4:n])
+{step}
     head = msgpack.packb([obs.dtype.str, obs.shape, reward, bool(terminated), bool(truncated)])
     conn.sendmsg([size.pack(len(head)), head, obs])
 """
+
+
+#: The floor: a raw unix-socket server, msgpack request, msgpack header + raw obs reply.
+FLOOR_SERVER = raw_server(
+    "from remote.bench.transport import _local_env\nenv = _local_env(int(sys.argv[2]))",
+    "    obs, reward, terminated, truncated, _ = env.step(request)\n"
+    "    if terminated or truncated:\n"
+    "        obs, _ = env.reset()",
+)
 
 
 class Floor:

@@ -289,7 +289,7 @@ class RemoteVectorEnv(VectorEnv):
     def _merged(self, each: list[dict[str, Any]]) -> dict[str, Any]:
         """One info per env, merged as gymnasium's vector envs merge them (``_add_info``);
         at once, key by key, where every env's info has the same keys of plain numbers."""
-        merged = merged_numbers(each) if len(each) == self.num_envs else None
+        merged = merged_numbers(each)
         if merged is not None:
             return merged
         infos: dict[str, Any] = {}

@@ -62,8 +62,8 @@ def payload_dir() -> Path:
     a half-written payload.
     """
     sources = _sources()
-    root = cache_dir() / "payload"
-    target = root / fingerprint(sources)
+    target = _payload_path(sources)
+    root = target.parent
     if target.is_dir():
         with contextlib.suppress(OSError):  # its age tells prune() it is in use
             os.utime(target)
@@ -78,7 +78,9 @@ def payload_dir() -> Path:
 def prune(older_than: float) -> list[Path]:
     """Remove the payloads (of code since upgraded or changed) no container started from for
     ``older_than`` seconds; never the current one. Returns the folders removed."""
-    current = payload_dir()
+    current = _payload_path(_sources())
+    if not current.parent.is_dir():
+        return []
     cutoff = time.time() - older_than
     removed = []
     for folder in sorted(current.parent.iterdir()):
@@ -88,6 +90,11 @@ def prune(older_than: float) -> list[Path]:
                     shutil.rmtree(folder)
                     removed.append(folder)
     return removed
+
+
+def _payload_path(sources: dict[str, Path]) -> Path:
+    """Where the payload of ``sources`` is (or goes) in the cache."""
+    return cache_dir() / "payload" / fingerprint(sources)
 
 
 def _copy(sources: dict[str, Path], root: Path, target: Path) -> None:

@@ -278,12 +278,12 @@ _SCALAR_PAYLOADS: dict[type, Callable[[Any], bytes]] = {}
 #: struct.error, a ProtocolError from :func:`decode`); float32's: ``(read, None)``.
 SCALAR_READERS: dict[int, tuple[Callable[[bytes], Any], Any]] = {}
 for _index, _kind in enumerate(SCALAR_TYPES):
-    _dtype = np.dtype(_kind)
+    _dtype, _code = np.dtype(_kind), _struct_code(np.dtype(_kind))
     _SCALAR_FORMS[0x80 + _index] = (1 + _dtype.itemsize, *_scalar_unpacker(_dtype))
     if sys.byteorder == "little":
         _SCALAR_PAYLOADS[_kind] = _scalar_packer(_kind, bytes((0x80 + _index,)))
-    if _struct_code(_dtype):
-        SCALAR_READERS[0x80 + _index] = (struct.Struct("<x" + _struct_code(_dtype)[1:]).unpack, _kind)
+    if _code:
+        SCALAR_READERS[0x80 + _index] = (struct.Struct("<x" + _code[1:]).unpack, _kind)
 SCALAR_READERS[0x80 + SCALAR_TYPES.index(np.float32)] = (_float32_reader(), None)
 
 

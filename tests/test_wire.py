@@ -253,6 +253,8 @@ def test_numpy_scalars_round_trip_exactly(monkeypatch, flat):
 
 F64 = 0x80 + codec.SCALAR_TYPES.index(np.float64)
 F32 = 0x80 + codec.SCALAR_TYPES.index(np.float32)
+I64 = 0x80 + codec.SCALAR_TYPES.index(np.int64)
+BOOL = 0x80 + codec.SCALAR_TYPES.index(np.bool_)
 
 
 def test_numpy_scalars_take_the_short_form():
@@ -269,6 +271,10 @@ def test_numpy_scalars_take_the_short_form():
         bytes((F64,)) + b"\x00" * 7,  # a byte short
         bytes((F64,)) + b"\x00" * 9,  # a byte long
         bytes((F32,)) + b"\x00" * 3,
+        bytes((F32,)) + b"\x00" * 5,
+        bytes((I64,)) + b"\x00" * 9,
+        bytes((BOOL,)) + b"\x02",  # a bool is 0 or 1
+        bytes((BOOL,)),
         bytes((0x80 + len(codec.SCALAR_TYPES),)) + b"\x00" * 8,  # no such type
         b"\x03<f8\x00" + b"\x00" * 7,  # the long form, short
         b"\x03<f8\x01" + struct.pack("<q", 1) + b"\x00" * 8,  # the long form with a shape

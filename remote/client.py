@@ -15,7 +15,7 @@ from gymnasium.envs.registration import EnvSpec
 from .errors import InvalidAction, ProtocolError, RemoteError
 from .protocol import codec
 from .protocol import spaces as space_codec
-from .protocol.channel import Channel
+from .protocol.channel import Channel, polling
 from .protocol.ops import (
     CALL_CALLABLE,
     CALL_OBJECT,
@@ -66,6 +66,12 @@ class EnvStream:
         self.steps = self.episodes = 0
         self.total_return = 0.0
         _streams.add(self)
+
+    def poll_while(self, busy: int) -> None:
+        """Poll for replies only where the CPUs outnumber the ``busy`` peers that run while
+        this stream waits (see :func:`remote.protocol.channel.polling`)."""
+        if self._channel is not None:
+            self._channel.poll_ns = polling(busy=busy)
 
     @property
     def open(self) -> bool:

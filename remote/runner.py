@@ -447,11 +447,19 @@ class RemoteRunner:
         return client
 
     def open_group(
-        self, env_id: str, count: int, kwargs: Mapping[str, Any], wrappers: Sequence[WrapperSpec] = ()
+        self,
+        env_id: str,
+        count: int,
+        kwargs: Mapping[str, Any],
+        wrappers: Sequence[WrapperSpec] = (),
+        *,
+        server_polls: bool = True,
     ) -> tuple[list[int], dict[str, Any], EnvStream]:
         """Create ``count`` envs served together on one stream (see :mod:`remote.vector`),
         each with ``wrappers`` (as :meth:`open_env`'s): their handles (for :meth:`call_env`),
-        the first env's description and the group's stream."""
+        the first env's description and the group's stream. ``server_polls=False``: the
+        server sleeps at once while it waits for the stream's next request (for a stream
+        that is one of several containers stepped together on few CPUs)."""
         encoded = _encode_kwargs(env_id, kwargs)
         encoded_wrappers = _encode_wrappers(_wrapper_list(wrappers))
         handles, description = [], {}
@@ -459,7 +467,8 @@ class RemoteRunner:
             made = self._create(env_id, encoded, encoded_wrappers)
             handles.append(made["handle"])
             description = made["description"]
-        return handles, description, self._open_stream({"envs": handles}, f"{env_id} x{count}")
+        target: dict[str, Any] = {"envs": handles} if server_polls else {"envs": handles, "poll": False}
+        return handles, description, self._open_stream(target, f"{env_id} x{count}")
 
     def _create(
         self, env_id: str, encoded_kwargs: bytes, encoded_wrappers: bytes | None = None

@@ -25,6 +25,7 @@ from gymnasium.vector.utils import batch_space, concatenate, create_empty_array,
 from .client import EnvStream, spec_from
 from .errors import InvalidAction, ProtocolError, RemoteError
 from .protocol import spaces as space_codec
+from .protocol.channel import polling
 from .protocol.ops import (
     AUTORESET_NEXT_STEP,
     CLOSE,
@@ -75,11 +76,14 @@ class EnvGroups:
         self.handles: list[list[int]] = []
         self.streams: list[EnvStream] = []
         options, kwargs = dict(runner_options or {}), dict(env_kwargs or {})
+        # a container polls for its next request only if all of them could spin at once
+        # beside this process; see request() for this process's own polls
+        server_polls = polling(busy=len(self.group_sizes)) > 0
 
         def start(size: int) -> tuple[RemoteRunner, list[int], dict[str, Any], EnvStream]:
             runner = RemoteRunner(image, **options)
             try:
-                return runner, *runner.open_group(env_id, size, kwargs, wrappers)
+                return runner, *runner.open_group(env_id, size, kwargs, wrappers, server_polls=server_polls)
             except BaseException:
                 runner.close()
                 raise
@@ -91,6 +95,8 @@ class EnvGroups:
             self.runners.append(runner)
             self.handles.append(handles)
             self.streams.append(stream)
+        for i, stream in enumerate(self.streams):  # the replies are read in this order
+            stream.poll_while(busy=len(self.streams) - i)
         failed = [f.exception() for f in futures if f.exception() is not None]
         if failed:
             self.close()
@@ -164,7 +170,9 @@ class EnvGroups:
     def request(self, op: str, args: list[Any], size: int) -> list[list[Any]]:
         """Send ``op`` to every container (``args[g]`` to container ``g``), then read every
         reply (``size`` items each). Every stream is read even when one fails, so all stay
-        in step; the first error is raised after."""
+        in step; the first error is raised after. The wait for reply ``g`` polls only where
+        the CPUs outnumber the containers that may still be stepping (``len - g``): a poll
+        beside them would take the CPU one of them needs."""
         error: BaseException | None = None
         sent = 0
         try:

@@ -131,6 +131,22 @@ def test_a_dead_container_raises_container_died_and_the_rest_closes(image):
     assert not any(r.alive for r in envs._runners)
 
 
+def test_the_host_polls_only_for_replies_the_cpus_can_wait_for_beside_the_containers(image):
+    """Reply ``g`` of ``k`` is polled for only where the CPUs outnumber the ``k - g``
+    containers that may still be stepping (on 2 CPUs and 2 containers: the last one only);
+    the containers were told not to poll (checked on the server side in test_wire.py)."""
+    from remote.protocol import channel
+
+    envs = remote.make_vec("CartPole-v1", 2, image=image, envs_per_container=1)
+    try:
+        polls = [stream._channel.poll_ns for stream in envs.groups.streams]
+        assert polls == [channel.polling(busy=2), channel.polling(busy=1)]
+        envs.reset(seed=0)
+        envs.step(np.zeros(2, dtype=np.int64))  # the streams serve as before
+    finally:
+        envs.close()
+
+
 # -- infos merged at once, as gymnasium's _add_info merges them one by one ----------------------
 
 NUMBERS = st.one_of(

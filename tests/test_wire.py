@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import struct
 import sys
@@ -17,6 +18,7 @@ from remote.client import EnvStream
 from remote.errors import ExperimentError, ProtocolError, RemoteEnvError
 from remote.protocol import channel as frame_channel
 from remote.protocol import codec, ops
+from remote.server import streams
 from remote.server.control import RemoteRunnerServer
 from remote.server.envs import RemoteEnvironmentServer
 from remote.server.groups import EnvGroupServer
@@ -398,3 +400,33 @@ def test_the_server_says_which_msgpack_it_runs():
     from remote.server.control import server_info
 
     assert server_info()["codec"] == codec.MSGPACK == "compiled"
+
+
+@pytest.mark.parametrize("asked", [None, False])
+def test_a_stream_whose_hello_says_poll_false_never_polls_for_requests(tmp_path, asked):
+    """A lone stream polls for its next request (on more than one CPU), unless its hello
+    said ``"poll": false`` (a client stepping several containers at once)."""
+    secret = "ab" * 32
+    runner = RemoteRunnerServer()
+    runner.envs[1] = RemoteEnvironmentServer(gym.make("CartPole-v1"))
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(tmp_path / "stream"))
+    listener.listen(4)
+    server = streams.EnvStreamServer(listener, runner, secret)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    client = frame_channel.Channel(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+    client.sock.connect(str(tmp_path / "stream"))
+    try:
+        client.send(ops.hello(secret, envs=[1], **({} if asked is None else {"poll": asked})))
+        assert client.recv() == [ops.OK, None]
+        client.send([ops.RESET, [[0], None]])
+        assert client.recv()[0] == ops.OK
+        (served,) = server.connections.values()
+        expected = frame_channel.polling(streams.REQUEST_POLL_NS) if asked is None else 0
+        assert served.poll_ns == expected
+        if asked is None and len(os.sched_getaffinity(0)) > 1:
+            assert served.poll_ns == streams.REQUEST_POLL_NS > 0
+    finally:
+        client.close()
+        server.stop()
+        runner.close_all()

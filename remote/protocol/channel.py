@@ -132,10 +132,11 @@ class _Pressure:
 _pressure = _Pressure()
 
 
-def polling(ns: int = POLL_NS) -> int:
-    """``ns``, or 0 where this process may run on one CPU only: a poll there would keep the
-    peer from the CPU it needs to answer."""
-    return ns if len(os.sched_getaffinity(0)) > 1 else 0
+def polling(ns: int = POLL_NS, busy: int = 1) -> int:
+    """``ns``, or 0 unless this process may run on more CPUs than ``busy`` peers need while
+    it waits: a poll would keep them from the CPU they need to answer (on one CPU, the one
+    peer; a host stepping several containers at once, the containers still stepping)."""
+    return ns if len(os.sched_getaffinity(0)) > busy else 0
 
 
 def _too_large(size: int) -> ProtocolError:

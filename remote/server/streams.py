@@ -27,7 +27,9 @@ class EnvStreamServer:
 
     A stream alone in the container polls for its next request before it sleeps (see
     :class:`~remote.protocol.channel.Channel`); with more than one, none polls, or a polling
-    thread would hold the GIL another stream's thread needs to answer.
+    thread would hold the GIL another stream's thread needs to answer. Nor does one whose
+    hello says ``"poll": false``: its client steps more containers at once than the CPUs
+    could hold spinning (a container that spins takes the CPU another one needs to step).
     """
 
     def __init__(self, listener: socket.socket, runner: RemoteRunnerServer, secret: str) -> None:
@@ -35,6 +37,7 @@ class EnvStreamServer:
         self.runner = runner
         self.secret = secret
         self.connections: dict[socket.socket, Channel] = {}
+        self.sleepers: set[Channel] = set()  # streams whose hello asked for no polling
         self.lock = threading.Lock()
 
     def stop(self) -> None:
@@ -83,13 +86,15 @@ class EnvStreamServer:
         finally:
             with self.lock:
                 self.connections.pop(conn, None)
+                self.sleepers.discard(channel)
                 self._poll()
 
     def _poll(self) -> None:
-        """Let the stream poll if it is alone (under :attr:`lock`)."""
+        """Let the stream poll if it is alone and its hello did not say ``"poll": false``
+        (under :attr:`lock`)."""
         poll = polling(REQUEST_POLL_NS) if len(self.connections) == 1 else 0
         for channel in self.connections.values():
-            channel.poll_ns = poll
+            channel.poll_ns = 0 if channel in self.sleepers else poll
 
     def _accept(self, channel: Channel) -> RemoteEnvironmentServer | EnvGroupServer | None:
         channel.settimeout(10.0)  # a client must say hello promptly
@@ -97,6 +102,10 @@ class EnvStreamServer:
             hello = channel.recv()
             check_hello(hello, self.secret)
             target = self._target(hello)
+            if hello.get("poll", True) is not True:
+                with self.lock:
+                    self.sleepers.add(channel)
+                    self._poll()
         except (ProtocolError, TimeoutError) as exc:
             with contextlib.suppress(OSError):
                 channel.send(error_reply(exc))

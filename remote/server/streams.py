@@ -17,9 +17,11 @@ from .groups import EnvGroupServer
 
 #: How long a lone stream polls for its next request before it sleeps (ns): longer than a
 #: client's poll for its reply, as the next request follows the agent's own work (a policy's
-#: forward pass, 0.2-0.5 ms). SB3 PPO on 4 CartPoles, 20k steps: learn time 1.35x local
-#: with 0.2 ms, 1.01-1.14x with 1-2 ms (step_wait 244 -> 137-140 us per step of 4).
-REQUEST_POLL_NS = 1_000_000
+#: forward pass: 0.2-0.5 ms for an MLP, 2-3 ms for SB3's CnnPolicy on one thread). SB3 PPO
+#: on 4 CartPoles, 20k steps: learn time 1.35x local with 0.2 ms, 1.01-1.14x with 1-2 ms;
+#: CnnPolicy on Breakout: step_wait 1.63-1.96 s with 1 ms, 1.28-1.44 s with 5 ms (and a
+#: client poll of 2 ms), as a container that slept steps its env slower after.
+REQUEST_POLL_NS = 5_000_000
 
 
 class EnvStreamServer:

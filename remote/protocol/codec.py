@@ -12,10 +12,11 @@ Values that cross the wire are msgpack with these extension types:
 * ``numpy scalar``: ``np.float32(1.5)`` stays an ``np.float32``. A type of
   :data:`SCALAR_TYPES` (bool, integers, floats, complex: what an info dict holds) goes in
   its short form: the byte ``0x80 + i`` naming ``SCALAR_TYPES[i]``, then the value's bytes,
-  little endian (no array: made by a ``struct`` call, read by numpy's scalar-from-bytes,
-  every bit kept, a float32 NaN's too); any other (``datetime64``, ``str_``, ``longdouble``, ...)
-  as the header of a 0-d array, then its bytes. A header starts with its dtype string's
-  length (never 128), so the first byte tells the two apart; readers take both.
+  little endian (no array: made by a ``struct`` call, read by numpy's scalar-from-bytes or,
+  for a float64, ``struct`` again; every bit kept, a float32 NaN's too); any other
+  (``datetime64``, ``str_``, ``longdouble``, ...) as the header of a 0-d array, then its
+  bytes. A header starts with its dtype string's length (never 128), so the first byte tells
+  the two apart; readers take both.
 
 **Flat bodies** (frames only, :func:`pack_with`): the hot path's messages (a step request
 ``["step", action]``, a step reply ``[OK, obs, reward, terminated, truncated, info]``, a reset

@@ -37,8 +37,15 @@ if TYPE_CHECKING:
 
 #: The arguments of a remote call, ``(args, kwargs)``; None reads the attribute.
 Arguments = tuple[Sequence[Any], dict[str, Any]]
-#: Every stream of this process, for :func:`_forked`.
+#: Every stream of this process, for :func:`_forked` and :func:`open_streams`.
 _streams: weakref.WeakSet[EnvStream] = weakref.WeakSet()
+
+
+def open_streams() -> int:
+    """How many env streams of this process are open."""
+    return sum(1 for stream in list(_streams) if stream.open)
+
+
 #: The entry point of a remote env's spec: a new container like the env's, the same env in it.
 SPEC_ENTRY_POINT = "remote.registration:make_registered"
 

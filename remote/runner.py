@@ -23,7 +23,7 @@ import Pyro5.api
 import Pyro5.errors
 
 from . import config, runs
-from .client import EnvStream, RemoteEnvironmentClient
+from .client import EnvStream, RemoteEnvironmentClient, open_streams
 from .errors import (
     AuthenticationError,
     CallTimeout,
@@ -41,7 +41,7 @@ from .images.codecs import fallback_advice
 from .images.payload import BOOTSTRAP, payload_dir
 from .images.sources import Image
 from .protocol import codec, ops, rundir
-from .protocol.channel import Channel
+from .protocol.channel import SOLE_POLL_NS, SOLE_REQUEST_POLL_NS, Channel, polling
 from .runtime import Bind, Runtime, ServerProcess, get_runtime
 from .runtime.output import ContainerOutput
 from .runtime.processes import Owner
@@ -453,13 +453,13 @@ class RemoteRunner:
         kwargs: Mapping[str, Any],
         wrappers: Sequence[WrapperSpec] = (),
         *,
-        server_polls: bool = True,
+        server_poll_ns: int | None = None,
     ) -> tuple[list[int], dict[str, Any], EnvStream]:
         """Create ``count`` envs served together on one stream (see :mod:`remote.vector`),
         each with ``wrappers`` (as :meth:`open_env`'s): their handles (for :meth:`call_env`),
-        the first env's description and the group's stream. ``server_polls=False``: the
-        server sleeps at once while it waits for the stream's next request (for a stream
-        that is one of several containers stepped together on few CPUs)."""
+        the first env's description and the group's stream. ``server_poll_ns``: how long the
+        server polls for the stream's next request (0: it sleeps at once, for one of several
+        containers stepped together on few CPUs; None: as for one env, see :meth:`_open_stream`)."""
         encoded = _encode_kwargs(env_id, kwargs)
         encoded_wrappers = _encode_wrappers(_wrapper_list(wrappers))
         handles, description = [], {}
@@ -467,8 +467,11 @@ class RemoteRunner:
             made = self._create(env_id, encoded, encoded_wrappers)
             handles.append(made["handle"])
             description = made["description"]
-        target: dict[str, Any] = {"envs": handles} if server_polls else {"envs": handles, "poll": False}
-        return handles, description, self._open_stream(target, f"{env_id} x{count}")
+        return (
+            handles,
+            description,
+            self._open_stream({"envs": handles}, f"{env_id} x{count}", server_poll_ns),
+        )
 
     def _create(
         self, env_id: str, encoded_kwargs: bytes, encoded_wrappers: bytes | None = None
@@ -490,9 +493,16 @@ class RemoteRunner:
                 exc.remote_traceback,
             ) from None
 
-    def _open_stream(self, target: dict[str, Any], name: str) -> EnvStream:
+    def _open_stream(self, target: dict[str, Any], name: str, server_poll_ns: int | None = None) -> EnvStream:
         """Connect to the env stream and name the env (``{"env": handle}``) or the group
-        (``{"envs": [handle, ...]}``) it serves."""
+        (``{"envs": [handle, ...]}``) it serves. The one stream of a process that has no other
+        polls longer on both sides (:data:`~remote.protocol.channel.SOLE_POLL_NS`), unless
+        ``server_poll_ns`` says how long the server polls."""
+        sole = server_poll_ns is None and not open_streams()
+        if sole:
+            server_poll_ns = SOLE_REQUEST_POLL_NS
+        if server_poll_ns is not None:
+            target = {**target, "poll_ns": server_poll_ns}
         family, address = self._address(self._ready, "stream")
         sock = socket.socket(family, socket.SOCK_STREAM)
         channel = Channel(sock)
@@ -514,6 +524,8 @@ class RemoteRunner:
         except BaseException:
             sock.close()
             raise
+        if sole:
+            channel.poll_ns = polling(SOLE_POLL_NS)
         return EnvStream(self, channel, name)
 
     # -- experiments -------------------------------------------------------------------------

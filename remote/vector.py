@@ -25,7 +25,7 @@ from gymnasium.vector.utils import batch_space, concatenate, create_empty_array,
 from .client import EnvStream, spec_from
 from .errors import InvalidAction, ProtocolError, RemoteError
 from .protocol import spaces as space_codec
-from .protocol.channel import polling
+from .protocol.channel import REQUEST_POLL_NS, polling
 from .protocol.ops import (
     AUTORESET_NEXT_STEP,
     CLOSE,
@@ -76,14 +76,17 @@ class EnvGroups:
         self.handles: list[list[int]] = []
         self.streams: list[EnvStream] = []
         options, kwargs = dict(runner_options or {}), dict(env_kwargs or {})
-        # a container polls for its next request only if all of them could spin at once
-        # beside this process; see request() for this process's own polls
-        server_polls = polling(busy=len(self.group_sizes)) > 0
+        # one container polls as one env's; several poll for their next request only if all
+        # of them could spin at once beside this process; see request() for its own polls
+        k = len(self.group_sizes)
+        server_poll_ns = None if k == 1 else polling(REQUEST_POLL_NS, busy=k)
 
         def start(size: int) -> tuple[RemoteRunner, list[int], dict[str, Any], EnvStream]:
             runner = RemoteRunner(image, **options)
             try:
-                return runner, *runner.open_group(env_id, size, kwargs, wrappers, server_polls=server_polls)
+                return runner, *runner.open_group(
+                    env_id, size, kwargs, wrappers, server_poll_ns=server_poll_ns
+                )
             except BaseException:
                 runner.close()
                 raise
@@ -95,8 +98,9 @@ class EnvGroups:
             self.runners.append(runner)
             self.handles.append(handles)
             self.streams.append(stream)
-        for i, stream in enumerate(self.streams):  # the replies are read in this order
-            stream.poll_while(busy=len(self.streams) - i)
+        if k > 1:
+            for i, stream in enumerate(self.streams):  # the replies are read in this order
+                stream.poll_while(busy=k - i)
         failed = [f.exception() for f in futures if f.exception() is not None]
         if failed:
             self.close()

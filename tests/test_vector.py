@@ -147,6 +147,33 @@ def test_the_host_polls_only_for_replies_the_cpus_can_wait_for_beside_the_contai
         envs.close()
 
 
+def test_the_one_stream_of_a_process_polls_longer_and_the_next_ones_as_before(image):
+    """The first env of a process with no other open stream polls for its replies for
+    SOLE_POLL_NS (its container, asked in the hello, for SOLE_REQUEST_POLL_NS: checked on the
+    server side in test_wire.py); an env made beside it polls as before."""
+    import gc
+
+    from remote.client import open_streams
+    from remote.protocol import channel
+
+    gc.collect()  # the streams of envs other tests dropped without closing
+    assert open_streams() == 0, "a test before this one left an env open"
+    first = remote.make("CartPole-v1", image=image)
+    try:
+        second = remote.make("CartPole-v1", image=image)
+        try:
+            assert first.stream._channel.poll_ns == channel.polling(channel.SOLE_POLL_NS)
+            assert second.stream._channel.poll_ns == channel.polling()
+            for env in (first, second):
+                env.reset(seed=0)
+                env.step(0)
+        finally:
+            second.close()
+    finally:
+        first.close()
+    assert open_streams() == 0
+
+
 # -- infos merged at once, as gymnasium's _add_info merges them one by one ----------------------
 
 NUMBERS = st.one_of(

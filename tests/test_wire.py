@@ -402,10 +402,13 @@ def test_the_server_says_which_msgpack_it_runs():
     assert server_info()["codec"] == codec.MSGPACK == "compiled"
 
 
-@pytest.mark.parametrize("asked", [None, False])
-def test_a_stream_whose_hello_says_poll_false_never_polls_for_requests(tmp_path, asked):
-    """A lone stream polls for its next request (on more than one CPU), unless its hello
-    said ``"poll": false`` (a client stepping several containers at once)."""
+@pytest.mark.parametrize(
+    "asked", [None, 0, 300_000, frame_channel.SOLE_REQUEST_POLL_NS, -1, 10**10, 1.5, "1"]
+)
+def test_a_stream_polls_for_requests_as_long_as_its_hello_asked(tmp_path, asked):
+    """A lone stream polls for its next request (on more than one CPU) as long as its hello's
+    ``"poll_ns"`` says (0: not at all; absent: REQUEST_POLL_NS); anything but an int from 0
+    to SOLE_REQUEST_POLL_NS is refused with an error reply, and the stream is closed."""
     secret = "ab" * 32
     runner = RemoteRunnerServer()
     runner.envs[1] = RemoteEnvironmentServer(gym.make("CartPole-v1"))
@@ -416,16 +419,21 @@ def test_a_stream_whose_hello_says_poll_false_never_polls_for_requests(tmp_path,
     threading.Thread(target=server.serve_forever, daemon=True).start()
     client = frame_channel.Channel(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
     client.sock.connect(str(tmp_path / "stream"))
+    valid = asked is None or (type(asked) is int and 0 <= asked <= frame_channel.SOLE_REQUEST_POLL_NS)
     try:
-        client.send(ops.hello(secret, envs=[1], **({} if asked is None else {"poll": asked})))
-        assert client.recv() == [ops.OK, None]
+        client.send(ops.hello(secret, envs=[1], **({} if asked is None else {"poll_ns": asked})))
+        reply = client.recv()
+        if not valid:
+            assert reply[0] == ops.ERROR and "poll_ns" in reply[1]["message"]
+            return
+        assert reply == [ops.OK, None]
         client.send([ops.RESET, [[0], None]])
         assert client.recv()[0] == ops.OK
         (served,) = server.connections.values()
-        expected = frame_channel.polling(streams.REQUEST_POLL_NS) if asked is None else 0
-        assert served.poll_ns == expected
-        if asked is None and len(os.sched_getaffinity(0)) > 1:
-            assert served.poll_ns == streams.REQUEST_POLL_NS > 0
+        wanted = frame_channel.REQUEST_POLL_NS if asked is None else asked
+        assert served.poll_ns == frame_channel.polling(wanted)
+        if len(os.sched_getaffinity(0)) > 1:
+            assert served.poll_ns == wanted
     finally:
         client.close()
         server.stop()

@@ -53,11 +53,21 @@ OUT_OF_BAND = 4096
 GROWN_BUFFER = 256 * 1024
 
 #: How long a receive polls for its frame before it sleeps in the kernel (ns): a frame that
-#: comes sooner is read without the wake-up of a sleeping process (20–150 µs on a VM), and
-#: the CPU does not go cold. Long enough for a step of half a millisecond (Breakout with
-#: frame skip 4): SB3 PPO CnnPolicy, 2,048 steps, step_wait 1.34-1.57 s with 0.2 ms,
-#: 1.16-1.30 s with 2 ms (1.06-1.21 s for the same env in the image's Python).
-POLL_NS = 2_000_000
+#: comes sooner is read without the wake-up of a sleeping process (20–150 µs on a VM).
+POLL_NS = 200_000
+#: How long a lone stream in the container polls for its next request (ns): longer than a
+#: client's poll for its reply, as the next request follows the agent's own work (a policy's
+#: forward pass, 0.2-0.5 ms). SB3 PPO on 4 CartPoles, 20k steps: learn time 1.35x local
+#: with 0.2 ms, 1.01-1.14x with 1-2 ms (step_wait 244 -> 137-140 us per step of 4).
+REQUEST_POLL_NS = 1_000_000
+#: The polls of the one stream of a process that has no other (ns; the client's for its
+#: replies, the container's for its requests, asked for in the hello): long enough for a
+#: CNN policy's forward pass (2-3 ms on one thread) and an Atari step (~0.5 ms). SB3 PPO
+#: CnnPolicy on Breakout, 2,048 steps: step_wait 1.63-1.96 s with the polls above, 1.16-1.30
+#: s with these (the image's own Python: 1.06-1.21 s). Not for every stream: 8 envs of one
+#: process stepped in turn ran 25-50% slower per step with them (8 containers spinning on 2
+#: CPUs, and a spinning CPU slows its neighbour's work by 35-45% on this VM).
+SOLE_POLL_NS, SOLE_REQUEST_POLL_NS = 2_000_000, 5_000_000
 #: After a poll in vain, receives sleep at once, but every ``REPROBE``-th polls again.
 REPROBE = 16
 #: Receives poll only while tasks waited for a CPU less than this share of the time (the

@@ -7,8 +7,9 @@ local exception by :func:`remote_error`. The files of the run folder are :mod:`.
 **Env stream** (frames of :mod:`.channel`, one connection per env or group of envs). The
 client's first frame is its :func:`hello`, naming what the stream serves: one env
 ``{"protocol": 2, "secret": str, "env": handle}`` or a group ``{..., "envs": [handle, ...]}``,
-and optionally ``"poll": false``: the server must not poll for this stream's requests (it
-sleeps at once; see :mod:`.channel`). The server answers ``[OK, None]``, or ``[ERROR,
+and optionally ``"poll_ns": int``: how long the server may poll for this stream's next
+request (0 to :data:`.channel.SOLE_REQUEST_POLL_NS`; 0: it sleeps at once; absent:
+:data:`.channel.REQUEST_POLL_NS`; see :mod:`.channel`). The server answers ``[OK, None]``, or ``[ERROR,
 error]`` and closes the connection. Then each request is ``[op, args]``, answered by one
 frame (:data:`REPLY_SIZE` items if OK):
 

@@ -9,19 +9,11 @@ import traceback
 from typing import Any
 
 from ..errors import ProtocolError
-from ..protocol.channel import Channel, polling
+from ..protocol.channel import REQUEST_POLL_NS, SOLE_REQUEST_POLL_NS, Channel, polling
 from ..protocol.ops import OK, check_hello, error_reply
 from .control import RemoteRunnerServer
 from .envs import RemoteEnvironmentServer
 from .groups import EnvGroupServer
-
-#: How long a lone stream polls for its next request before it sleeps (ns): longer than a
-#: client's poll for its reply, as the next request follows the agent's own work (a policy's
-#: forward pass: 0.2-0.5 ms for an MLP, 2-3 ms for SB3's CnnPolicy on one thread). SB3 PPO
-#: on 4 CartPoles, 20k steps: learn time 1.35x local with 0.2 ms, 1.01-1.14x with 1-2 ms;
-#: CnnPolicy on Breakout: step_wait 1.63-1.96 s with 1 ms, 1.28-1.44 s with 5 ms (and a
-#: client poll of 2 ms), as a container that slept steps its env slower after.
-REQUEST_POLL_NS = 5_000_000
 
 
 class EnvStreamServer:
@@ -29,9 +21,10 @@ class EnvStreamServer:
 
     A stream alone in the container polls for its next request before it sleeps (see
     :class:`~remote.protocol.channel.Channel`); with more than one, none polls, or a polling
-    thread would hold the GIL another stream's thread needs to answer. Nor does one whose
-    hello says ``"poll": false``: its client steps more containers at once than the CPUs
-    could hold spinning (a container that spins takes the CPU another one needs to step).
+    thread would hold the GIL another stream's thread needs to answer. A hello's
+    ``"poll_ns"`` sets how long (at most :data:`~remote.protocol.channel.SOLE_REQUEST_POLL_NS`;
+    0: not at all, for a client that steps more containers at once than the CPUs could hold
+    spinning; longer, for the one stream of its process).
     """
 
     def __init__(self, listener: socket.socket, runner: RemoteRunnerServer, secret: str) -> None:
@@ -39,7 +32,7 @@ class EnvStreamServer:
         self.runner = runner
         self.secret = secret
         self.connections: dict[socket.socket, Channel] = {}
-        self.sleepers: set[Channel] = set()  # streams whose hello asked for no polling
+        self.polls: dict[Channel, int] = {}  # how long each stream's hello asked it to poll
         self.lock = threading.Lock()
 
     def stop(self) -> None:
@@ -88,15 +81,14 @@ class EnvStreamServer:
         finally:
             with self.lock:
                 self.connections.pop(conn, None)
-                self.sleepers.discard(channel)
+                self.polls.pop(channel, None)
                 self._poll()
 
     def _poll(self) -> None:
-        """Let the stream poll if it is alone and its hello did not say ``"poll": false``
-        (under :attr:`lock`)."""
-        poll = polling(REQUEST_POLL_NS) if len(self.connections) == 1 else 0
+        """Let the stream poll, as long as its hello asked, if it is alone (under :attr:`lock`)."""
+        alone = len(self.connections) == 1
         for channel in self.connections.values():
-            channel.poll_ns = 0 if channel in self.sleepers else poll
+            channel.poll_ns = polling(self.polls.get(channel, REQUEST_POLL_NS)) if alone else 0
 
     def _accept(self, channel: Channel) -> RemoteEnvironmentServer | EnvGroupServer | None:
         channel.settimeout(10.0)  # a client must say hello promptly
@@ -104,9 +96,12 @@ class EnvStreamServer:
             hello = channel.recv()
             check_hello(hello, self.secret)
             target = self._target(hello)
-            if hello.get("poll", True) is not True:
+            if "poll_ns" in hello:
+                poll = hello["poll_ns"]
+                if type(poll) is not int or not 0 <= poll <= SOLE_REQUEST_POLL_NS:
+                    raise ProtocolError(f"poll_ns must be an int from 0 to {SOLE_REQUEST_POLL_NS}")
                 with self.lock:
-                    self.sleepers.add(channel)
+                    self.polls[channel] = poll
                     self._poll()
         except (ProtocolError, TimeoutError) as exc:
             with contextlib.suppress(OSError):

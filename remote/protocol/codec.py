@@ -132,9 +132,9 @@ def inline_ext(array: np.ndarray) -> msgpack.ExtType:
 
 
 def plain(obj: Any, default: Any, pack: Any) -> Any:
-    payload = _SCALAR_PAYLOADS.get(type(obj))
-    if payload is not None:
-        return _new_ext((EXT_SCALAR, payload(obj)))
+    ext = _SCALAR_EXTS.get(type(obj))
+    if ext is not None:
+        return ext(obj)
     if isinstance(obj, tuple):
         _state.nested += 1
         try:
@@ -271,7 +271,7 @@ for _index, _kind in enumerate(SCALAR_TYPES):
 
 
 def _ext_maker(payload: Callable[[Any], bytes]) -> Callable[[Any], msgpack.ExtType]:
-    return lambda value: tuple.__new__(msgpack.ExtType, (EXT_SCALAR, payload(value)))
+    return lambda value: _new_ext((EXT_SCALAR, payload(value)))
 
 
 #: A scalar's type → its extension: made from its payload, or for a bool one of two made once.

@@ -370,13 +370,15 @@ _NUMBERS = (int, float, bool)
 def merged_numbers(each: list[dict[str, Any]]) -> dict[str, Any] | None:
     """What gymnasium's ``_add_info`` makes of ``each`` (every env's info: ``{key: array of
     the first env's value's type, "_key": all True}``, in its keys' order), or None unless
-    every info has the same keys in the same order and every value is an int, float, bool
-    or numpy number."""
+    every info has the same keys in the same order (none the mask of another) and every value is
+    an int, float, bool or numpy number its first env's type holds."""
     first = each[0]
     keys = list(first)
     for info in each:
         if list(info) != keys:
             return None
+    if any(f"_{key}" in first for key in keys):  # a key that is another's mask: gymnasium's merge
+        return None
     merged: dict[str, Any] = {}
     n = len(each)
     for key in keys:
@@ -384,6 +386,9 @@ def merged_numbers(each: list[dict[str, Any]]) -> dict[str, Any] | None:
         kind = type(values[0])
         if not (kind in _NUMBERS or issubclass(kind, np.number)):
             return None
-        merged[key] = np.array(values, dtype=kind)
+        try:
+            merged[key] = np.array(values, dtype=kind)
+        except (OverflowError, ValueError):  # a number the first's type cannot hold: gymnasium's
+            return None  # env-by-env merge raises what gymnasium raises, for the env it meets first
         merged[f"_{key}"] = np.ones(n, dtype=np.bool_)
     return merged

@@ -289,6 +289,89 @@ def test_a_malformed_scalar_payload_raises_protocol_error(payload):
         codec.loads(msgpack.packb(msgpack.ExtType(codec.EXT_SCALAR, payload)))
 
 
+def _record_numbers() -> dict[str, object]:
+    """Every type a record holds, at its edges (float32 NaNs aside: they keep their bits as
+    extensions); numpy's from :func:`_scalars`."""
+    numbers = {}
+    for value in _scalars():
+        if type(value) in codec.RECORD_TYPES and not (type(value) is np.float32 and value != value):
+            numbers[f"{type(value).__name__}{len(numbers)}"] = value
+    python = [True, False, 0, -(2**63), 2**63 - 1, 1.5, -0.0, float("inf"), float("nan")]
+    numbers.update({f"py{i}": value for i, value in enumerate(python)})
+    return numbers
+
+
+def _same_number(got, want) -> bool:
+    if isinstance(want, np.generic):
+        return _same_scalar(got, want)
+    return type(got) is type(want) and struct.pack("<d", got) == struct.pack("<d", want)
+
+
+def test_an_info_of_numbers_goes_as_one_record_and_comes_back_exactly():
+    """A frame's last dict (an info) and the dicts of a last list (a group's infos) go as
+    records, one struct call for all their numbers: the same keys in order, types and bits."""
+    numbers = _record_numbers()
+    reply = [ops.OK, np.arange(3.0), np.float64(1.0), False, False, numbers]
+    packed = codec.with_records(reply)
+    assert packed[:5] == reply[:5] and packed[5].code == codec.EXT_RECORD
+    group = [ops.OK, [numbers, {}, {"a": [1]}, {"x": np.float64(2.0)}]]
+    packed_group = codec.with_records(group)[1]
+    assert [type(item) for item in packed_group] == [msgpack.ExtType, dict, dict, msgpack.ExtType]
+    sender, receiver = _pair()
+    with sender.sock, receiver.sock:
+        back = _through(sender, receiver, reply)[5]
+        assert list(back) == list(numbers) and all(_same_number(back[k], v) for k, v in numbers.items())
+        back_group = _through(sender, receiver, group)[1]
+        assert back_group[1:3] == [{}, {"a": [1]}] and _same_number(back_group[3]["x"], np.float64(2.0))
+        assert all(_same_number(back_group[0][k], v) for k, v in numbers.items())
+
+
+@pytest.mark.parametrize(
+    "info",
+    [
+        {"f": 1.5, "i": 3, "b": True},  # Python's numbers alone: compiled msgpack is faster
+        {"nan": np.float32("nan")},  # its bits would not survive a double
+        {"big": 2**63, "x": np.float64(1.0)},
+        {"a": np.zeros(2)},
+        {"half": np.float16(1.0)},
+        {1: np.float64(1.0)},
+        {"k" * 256: 1.0},
+    ],
+)
+def test_an_info_a_record_cannot_hold_goes_as_msgpack(info):
+    reply = [ops.OK, info]
+    assert codec.with_records(reply) is reply
+    sender, receiver = _pair()
+    with sender.sock, receiver.sock:
+        back = _through(sender, receiver, reply)[1]
+    assert list(back) == list(info) and all(type(back[k]) is type(v) for k, v in info.items())
+
+
+def _record(header: bytes, values: bytes = b"") -> bytes:
+    return msgpack.packb(msgpack.ExtType(codec.EXT_RECORD, struct.pack("<H", len(header)) + header + values))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        msgpack.packb(msgpack.ExtType(codec.EXT_RECORD, b"")),
+        msgpack.packb(msgpack.ExtType(codec.EXT_RECORD, b"\x09\x00\x01")),  # header past the end
+        _record(b"\x01" + bytes((F64, 1)) + b"x", b"\x00" * 7),  # values a byte short
+        _record(b"\x01" + bytes((F64, 1)) + b"x", b"\x00" * 9),  # a byte long
+        _record(b"\x01" + bytes((0x80 + 9, 1)) + b"x", b"\x00" * 2),  # float16: no record type
+        _record(b"\x01" + bytes((ord("z"), 1)) + b"x", b"\x00"),  # no such type
+        _record(b"\x01" + bytes((F64, 5)) + b"x", b"\x00" * 8),  # key past the header's end
+        _record(b"\x02" + bytes((F64, 1)) + b"x" + bytes((F64, 1)) + b"x", b"\x00" * 16),  # twice
+        _record(b"\x01" + bytes((F64, 1)) + b"x\x00", b"\x00" * 8),  # trailing header byte
+        _record(b"\x00"),  # no keys
+        _record(b"\x01" + bytes((F64, 1)) + b"\xff", b"\x00" * 8),  # no utf-8
+    ],
+)
+def test_a_malformed_record_raises_protocol_error(data):
+    with pytest.raises(ProtocolError):
+        codec.loads(data)
+
+
 STEP_REPLY = [
     ops.OK,
     np.arange(11.0),

@@ -27,7 +27,9 @@ import numpy as np
 
 from ..errors import ProtocolError
 from .codec import (
+    EXT_NDARRAY,
     EXT_NDARRAY_OOB,
+    EXT_RECORD,
     EXT_SCALAR,
     EXT_TUPLE,
     UNPACK,
@@ -39,6 +41,8 @@ from .codec import (
     oob_array_header,
     pack_with,
     plain,
+    read_array,
+    read_record,
     read_scalar,
 )
 
@@ -338,8 +342,12 @@ class Channel:
                 take += n
 
     def _ext_hook(self, code: int, data: bytes) -> Any:
-        if code == EXT_SCALAR:  # the most frequent: an info dict's numbers
+        if code == EXT_NDARRAY:  # the most frequent: a step's observation
+            return read_array(data)
+        if code == EXT_SCALAR:  # a reward
             return read_scalar(data)
+        if code == EXT_RECORD:  # an info's numbers
+            return read_record(data)
         if code == EXT_NDARRAY_OOB:  # the data is the header alone: look it up as it is
             dtype, shape, offset, nbytes = oob_array_header(data)
             if offset != len(data) or nbytes > self._budget:

@@ -17,6 +17,19 @@ Values that cross the wire are msgpack with these extension types:
   (``datetime64``, ``str_``, ``longdouble``, ...) as the header of a 0-d array, then its
   bytes. A header starts with its dtype string's length (never 128), so the first byte tells
   the two apart; readers take both.
+* ``record`` (frames only, :func:`pack_with`): a frame's last item (an info, a dict action),
+  or each dict of a list that is its last item (a group's infos), when it is a dict of ``str``
+  keys and of numbers of :data:`RECORD_TYPES`, numpy's among them (a MuJoCo info's 4-6
+  float64s): its keys and types, then its values packed by one ``struct`` call; ~2.5 µs less
+  per info of six than an extension per number. Little endian::
+
+      record = u16 header size · header · values
+      header = u8 count · (u8 type code · u8 key size · key utf-8)*
+      values = each value's bytes, in the header's order, unpadded
+
+  A type code is a numpy scalar's short form code (``0x80 + i``) or ``f`` float, ``i`` int,
+  ``?`` bool (Python's). Any other dict (of Python numbers alone, a float32 NaN, an int
+  beyond int64, an array, a key over 255 bytes) goes as msgpack, as do dicts deeper inside.
 
 **Flat bodies** (frames only, :func:`pack_with`): the hot path's messages (a step request
 ``["step", action]``, a step reply ``[OK, obs, reward, terminated, truncated, info]``, a reset
@@ -59,6 +72,7 @@ EXT_NDARRAY = 1
 EXT_TUPLE = 2
 EXT_SCALAR = 3
 EXT_NDARRAY_OOB = 4
+EXT_RECORD = 5
 
 #: The frames' bodies go flat where they can (:func:`pack_with`): where msgpack is its
 #: pure-Python fallback. Compiled msgpack is faster than a flat body made in Python.
@@ -85,10 +99,13 @@ _state = _ThreadState()
 def pack_with(free: list[msgpack.Packer], default: Any, obj: Any) -> bytes:
     """A frame's body: msgpack with a packer from ``free`` (a new one if none is free, put
     back after); where :data:`FLAT_BODIES`, :func:`flat` first if it takes ``obj``."""
-    if FLAT_BODIES and type(obj) is list and not _state.nested:
-        data = flat(obj, default)
-        if data is not None:
-            return data
+    if type(obj) is list and obj and not _state.nested:
+        if FLAT_BODIES:
+            data = flat(obj, default)
+            if data is not None:
+                return data
+        else:
+            obj = with_records(obj)
     return _msgpack_with(free, default, obj)
 
 
@@ -212,7 +229,8 @@ def new_array(dtype: np.dtype, shape: tuple[int, ...], memory: bytearray | np.nd
         raise ProtocolError(f"refusing array of dtype {dtype} and shape {shape}: {exc}") from None
 
 
-def _inline_array(data: bytes) -> np.ndarray:
+def read_array(data: bytes) -> np.ndarray:
+    """The array of an ``EXT_NDARRAY`` payload (its own writable memory); ProtocolError if malformed."""
     dtype, shape, offset, nbytes = parse_array_header(data)
     if len(data) - offset != nbytes:
         raise ProtocolError(f"array buffer has {len(data) - offset} bytes, expected {nbytes}")
@@ -291,7 +309,7 @@ def read_scalar(data: bytes) -> Any:
     try:
         size, dtype = _SCALAR_FORMS[data[0]]
     except (KeyError, IndexError):  # another dtype (datetime64, str_, longdouble, ...): a 0-d array
-        array = _inline_array(data)
+        array = read_array(data)
         if array.shape:
             raise ProtocolError(f"a scalar must have no shape, this one has {array.shape}") from None
         return array[()]
@@ -300,6 +318,158 @@ def read_scalar(data: bytes) -> Any:
     if dtype is _FLOAT64:  # a float underneath: struct and float64(), faster still
         return np.float64(_UNPACK_SHORT_FLOAT64(data)[0])
     return _from_bytes(dtype, data[1:]) if dtype is not None else _BOOLS[data[1]]
+
+
+# -- records ------------------------------------------------------------------------------------
+
+_RECORD_SCALARS = (
+    np.bool_, np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64,
+    np.float32, np.float64,
+)  # fmt: skip
+#: The numbers a record holds, each exactly by ``struct`` (a float32 unless NaN, whose bits a
+#: double could change; float16 and complex are left to their extensions).
+RECORD_TYPES = (*_RECORD_SCALARS, float, int, bool)
+_RECORD_CODES: dict[type, tuple[int, str]] = {  # type → (type code, struct code)
+    **{
+        kind: (0x80 + SCALAR_TYPES.index(kind), _struct_code(np.dtype(kind)) or "<f")
+        for kind in _RECORD_SCALARS
+    },
+    float: (ord("f"), "<d"),
+    int: (ord("i"), "<q"),
+    bool: (ord("?"), "<?"),
+}
+_RECORD_TYPES = {code: (kind, struct_code[1:]) for kind, (code, struct_code) in _RECORD_CODES.items()}
+_HEADER_SIZE = struct.Struct("<H")
+_RECORD_MAKERS: dict[tuple[tuple[Any, ...], tuple[type, ...]], Callable[[Any], Any] | None] = {}
+#: A record's header → (keys, its values' unpack_from, their types (or the one type of all), end).
+_RECORD_READERS: dict[bytes, tuple[tuple[str, ...], Callable[..., tuple[Any, ...]], Any, int]] = {}
+
+
+def with_records(obj: list[Any]) -> list[Any]:
+    """``obj``, or a copy whose last item (or each dict of a list that is its last item) went
+    into a record where it can."""
+    last = obj[-1]
+    if type(last) is dict:
+        if last:
+            ext = record(last)
+            if ext is not None:
+                return [*obj[:-1], ext]
+    elif type(last) is list and last and type(last[0]) is dict:
+        made = [record(item) if type(item) is dict and item else None for item in last]
+        if any(ext is not None for ext in made):
+            items = [item if ext is None else ext for item, ext in zip(last, made, strict=True)]
+            return [*obj[:-1], items]
+    return obj
+
+
+def record(entries: dict[Any, Any]) -> msgpack.ExtType | None:
+    """The record of a non-empty dict, or None if it cannot go as one."""
+    values = entries.values()
+    key = (tuple(entries), tuple(map(type, values)))
+    try:
+        maker = _RECORD_MAKERS[key]
+    except KeyError:
+        maker = _record_maker(*key)
+    return maker(values) if maker is not None else None
+
+
+def _record_maker(keys: tuple[Any, ...], kinds: tuple[type, ...]) -> Callable[[Any], Any] | None:
+    """``values → their record`` for these keys and types (None for a dict that is no
+    record: it goes as msgpack), cached."""
+    header = _record_header(keys, kinds)
+    maker = None
+    if header is not None:
+        codes = "".join(_RECORD_CODES[kind][1][1:] for kind in kinds)
+        pack = functools.partial(struct.Struct(f"<H{len(header)}s{codes}").pack, len(header), header)
+        if np.float32 in kinds or int in kinds:  # a NaN or an int beyond int64 may come
+            float32s = [i for i, kind in enumerate(kinds) if kind is np.float32]
+            maker = functools.partial(_checked_record, pack, float32s)
+        else:
+            maker = functools.partial(_record_of, pack)
+    if len(_RECORD_MAKERS) > 1024:
+        _RECORD_MAKERS.clear()
+    _RECORD_MAKERS[(keys, kinds)] = maker
+    return maker
+
+
+def _record_header(keys: tuple[Any, ...], kinds: tuple[type, ...]) -> bytes | None:
+    """The header of a record of these keys and types, or None if they cannot make one."""
+    if len(keys) > 255 or not all(kind in _RECORD_CODES for kind in kinds):
+        return None
+    if not any(kind in _RECORD_SCALARS for kind in kinds):  # compiled msgpack is faster for these
+        return None
+    if not all(type(key) is str for key in keys):
+        return None
+    try:
+        names = [key.encode() for key in keys]
+    except UnicodeEncodeError:  # a lone surrogate: msgpack says so
+        return None
+    if any(len(name) > 255 for name in names):
+        return None
+    header = bytes((len(keys),)) + b"".join(
+        bytes((_RECORD_CODES[kind][0], len(name))) + name for kind, name in zip(kinds, names, strict=True)
+    )
+    return header if len(header) < 1 << 16 else None
+
+
+def _record_of(pack: Callable[..., bytes], values: Any) -> msgpack.ExtType:
+    return _new_ext((EXT_RECORD, pack(*values)))
+
+
+def _checked_record(pack: Callable[..., bytes], float32s: list[int], values: Any) -> msgpack.ExtType | None:
+    if float32s:  # a NaN float32 keeps its bits as an extension
+        values = tuple(values)
+        if any(values[i] != values[i] for i in float32s):
+            return None
+    try:
+        return _record_of(pack, values)
+    except struct.error:  # an int beyond int64
+        return None
+
+
+def read_record(data: bytes) -> dict[str, Any]:
+    """The dict of an ``EXT_RECORD`` payload; ProtocolError if it is malformed."""
+    if len(data) < 3:
+        raise ProtocolError("malformed record: too short")
+    end = 2 + _HEADER_SIZE.unpack_from(data)[0]
+    header = data[2:end]
+    reader = _RECORD_READERS.get(header) or _record_reader(header)
+    keys, unpack, kinds, size = reader
+    if len(data) != end + size:
+        raise ProtocolError(f"a record's values take {size} bytes, not {len(data) - end}")
+    values = unpack(data, end)
+    if type(kinds) is type:
+        return dict(zip(keys, map(kinds, values), strict=True))
+    return {key: kind(value) for key, kind, value in zip(keys, kinds, values, strict=True)}
+
+
+def _record_reader(header: bytes) -> tuple[tuple[str, ...], Callable[..., tuple[Any, ...]], Any, int]:
+    """The reader of a record header (cached); ProtocolError if it is malformed."""
+    keys: list[str] = []
+    kinds = []
+    codes = []
+    at = 1
+    try:
+        for _ in range(header[0]):
+            kind, code = _RECORD_TYPES[header[at]]
+            end = at + 2 + header[at + 1]
+            if end > len(header):
+                raise IndexError
+            keys.append(str(header[at + 2 : end], "utf-8"))
+            kinds.append(kind)
+            codes.append(code)
+            at = end
+    except (IndexError, KeyError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"malformed record header: {type(exc).__name__}") from None
+    if at != len(header) or not keys or len(set(keys)) != len(keys):
+        raise ProtocolError("malformed record header: trailing bytes, no keys or a key twice")
+    unpack = struct.Struct("<" + "".join(codes))
+    same = kinds[0] if all(kind is kinds[0] for kind in kinds) else tuple(kinds)
+    reader = tuple(keys), unpack.unpack_from, same, unpack.size
+    if len(_RECORD_READERS) > 1024:
+        _RECORD_READERS.clear()
+    _RECORD_READERS[header] = reader
+    return reader
 
 
 # -- flat bodies ----------------------------------------------------------------------------------
@@ -450,8 +620,10 @@ def unflat(data: Any, ext_hook: Callable[[int, bytes], Any]) -> list[Any]:
 def ext_hook(code: int, data: bytes) -> Any:
     if code == EXT_SCALAR:  # the most frequent: an info dict's numbers
         return read_scalar(data)
+    if code == EXT_RECORD:
+        return read_record(data)
     if code == EXT_NDARRAY:
-        return _inline_array(data)
+        return read_array(data)
     if code == EXT_TUPLE:
         return tuple(msgpack.unpackb(data, **UNPACK))
     raise ProtocolError(f"unknown msgpack extension type {code}")

@@ -114,4 +114,6 @@ def _stacked(observations: list[Any]) -> np.ndarray | list[Any]:
     for obs in observations:
         if type(obs) is not np.ndarray or obs.dtype != dtype or obs.shape != shape:
             return observations
-    return np.stack(observations)
+    if dtype.hasobject:  # np.array would look into the objects
+        return np.stack(observations)
+    return np.array(observations, dtype)  # np.stack's result, in a quarter of its time

@@ -335,7 +335,7 @@ def test_an_info_of_numbers_goes_as_one_record_and_comes_back_exactly():
         {"a": np.zeros(2)},
         {"half": np.float16(1.0)},
         {1: np.float64(1.0)},
-        {"k" * 256: 1.0},
+        {"k" * 256: np.float64(1.0)},
     ],
 )
 def test_an_info_a_record_cannot_hold_goes_as_msgpack(info):

@@ -57,6 +57,8 @@ Frames (and the out-of-band arrays) are :mod:`remote.protocol.channel`'s.
 from __future__ import annotations
 
 import functools
+import itertools
+import math
 import struct
 import sys
 import threading
@@ -382,7 +384,7 @@ def _record_maker(keys: tuple[Any, ...], kinds: tuple[type, ...]) -> Callable[[A
         codes = "".join(_RECORD_CODES[kind][1][1:] for kind in kinds)
         pack = functools.partial(struct.Struct(f"<H{len(header)}s{codes}").pack, len(header), header)
         if np.float32 in kinds or int in kinds:  # a NaN or an int beyond int64 may come
-            float32s = [i for i, kind in enumerate(kinds) if kind is np.float32]
+            float32s = tuple(kind is np.float32 for kind in kinds) if np.float32 in kinds else None
             maker = functools.partial(_checked_record, pack, float32s)
         else:
             maker = functools.partial(_record_of, pack)
@@ -416,11 +418,11 @@ def _record_of(pack: Callable[..., bytes], values: Any) -> msgpack.ExtType:
     return _new_ext((EXT_RECORD, pack(*values)))
 
 
-def _checked_record(pack: Callable[..., bytes], float32s: list[int], values: Any) -> msgpack.ExtType | None:
-    if float32s:  # a NaN float32 keeps its bits as an extension
-        values = tuple(values)
-        if any(values[i] != values[i] for i in float32s):
-            return None
+def _checked_record(pack: Callable[..., bytes], float32s: Any, values: Any) -> msgpack.ExtType | None:
+    """The record, or None where a float32 is NaN (its bits kept as an extension) or an int
+    is beyond int64; ``float32s``: which values are float32s (None: none)."""
+    if float32s is not None and any(map(math.isnan, itertools.compress(values, float32s))):
+        return None
     try:
         return _record_of(pack, values)
     except struct.error:  # an int beyond int64

@@ -17,11 +17,12 @@ Values that cross the wire are msgpack with these extension types:
   (``datetime64``, ``str_``, ``longdouble``, ...) as the header of a 0-d array, then its
   bytes. A header starts with its dtype string's length (never 128), so the first byte tells
   the two apart; readers take both.
-* ``record`` (frames only, :func:`pack_with`): a frame's last item (an info, a dict action),
-  or each dict of a list that is its last item (a group's infos), when it is a dict of ``str``
-  keys and of numbers of :data:`RECORD_TYPES`, numpy's among them (a MuJoCo info's 4-6
-  float64s): its keys and types, then its values packed by one ``struct`` call; ~2.5 µs less
-  per info of six than an extension per number. Little endian::
+* ``record`` (frames whose msgpack is compiled, :func:`pack_with`; a flat body carries
+  dicts its own way): a frame's last item (an info, a dict action), or each dict of a list
+  that is its last item (a group's infos), when it is a dict of ``str`` keys and of numbers
+  of :data:`RECORD_TYPES`, numpy's among them (a MuJoCo info's 4-6 float64s): its keys and
+  types, then its values packed by one ``struct`` call; ~2.5 µs less per info of six than
+  an extension per number. Little endian::
 
       record = u16 header size · header · values
       header = u8 count · (u8 type code · u8 key size · key utf-8)*
@@ -100,7 +101,8 @@ _state = _ThreadState()
 
 def pack_with(free: list[msgpack.Packer], default: Any, obj: Any) -> bytes:
     """A frame's body: msgpack with a packer from ``free`` (a new one if none is free, put
-    back after); where :data:`FLAT_BODIES`, :func:`flat` first if it takes ``obj``."""
+    back after); where :data:`FLAT_BODIES`, :func:`flat` first if it takes ``obj``, else
+    with :func:`with_records`."""
     if type(obj) is list and obj and not _state.nested:
         if FLAT_BODIES:
             data = flat(obj, default)

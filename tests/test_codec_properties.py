@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import threading
 
 import numpy as np
@@ -249,3 +250,25 @@ def test_values_round_trip_bit_identical_through_flat_bodies(value, flat):
 def test_random_bytes_never_crash_the_flat_decoder(data):
     with contextlib.suppress(ProtocolError):
         codec.loads(bytes((codec.FLAT,)) + data)
+
+
+RECORD_ENTRIES = st.tuples(
+    st.sampled_from(
+        [0x80 + i for i in range(len(codec.SCALAR_TYPES))] + [ord("f"), ord("i"), ord("?"), 0, 255]
+    ),
+    st.binary(max_size=4),
+    st.integers(-1, 2),  # the key size as it is, short or long by one or two
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(RECORD_ENTRIES, max_size=4), st.binary(max_size=40), st.integers(-2, 2))
+def test_nearly_well_formed_records_decode_to_a_dict_or_raise_protocol_error(entries, values, off):
+    """Headers with real and unknown type codes, keys sized right or wrong, counts and header
+    sizes off by one or two: a dict or ProtocolError, never another exception."""
+    header = bytes((max(0, len(entries) + min(off, 0)),)) + b"".join(
+        bytes((code, max(0, len(key) + wrong))) + key for code, key, wrong in entries
+    )
+    data = struct.pack("<H", max(0, len(header) + max(off, 0))) + header + values
+    with contextlib.suppress(ProtocolError):
+        assert type(codec.read_record(data)) is dict  # read_record itself, not loads: that wraps all

@@ -545,8 +545,10 @@ class RemoteRunner:
         Raises:
             CallTimeout: a run did not checkpoint in time (an episode longer than that).
         """
-        with self._lock:
-            runs = list(self.active_runs)
+        # not under the control lock: a run's poll holds it up to POLL_PERIOD and takes it
+        # again at once, so a wait for it could last until the run ends (a copy of the set
+        # is atomic under the GIL; runs add and discard themselves without the lock)
+        runs = list(self.active_runs)
         for active in runs:
             active.request()
         wait = self.timeout if timeout is None else timeout

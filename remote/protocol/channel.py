@@ -27,11 +27,9 @@ import numpy as np
 
 from ..errors import ProtocolError
 from .codec import (
-    EXT_NDARRAY,
     EXT_NDARRAY_OOB,
-    EXT_RECORD,
-    EXT_SCALAR,
     EXT_TUPLE,
+    READERS,
     UNPACK,
     array_header,
     decode,
@@ -41,9 +39,6 @@ from .codec import (
     oob_array_header,
     pack_with,
     plain,
-    read_array,
-    read_record,
-    read_scalar,
 )
 
 #: Largest frame accepted in either direction (bytes).
@@ -342,12 +337,9 @@ class Channel:
                 take += n
 
     def _ext_hook(self, code: int, data: bytes) -> Any:
-        if code == EXT_NDARRAY:  # the most frequent: a step's observation
-            return read_array(data)
-        if code == EXT_SCALAR:  # a reward
-            return read_scalar(data)
-        if code == EXT_RECORD:  # an info's numbers
-            return read_record(data)
+        reader = READERS.get(code)  # the most frequent: observation, reward, info
+        if reader is not None:
+            return reader(data)
         if code == EXT_NDARRAY_OOB:  # the data is the header alone: look it up as it is
             dtype, shape, offset, nbytes = oob_array_header(data)
             if offset != len(data) or nbytes > self._budget:

@@ -326,24 +326,22 @@ def read_scalar(data: bytes) -> Any:
 
 # -- records ------------------------------------------------------------------------------------
 
-_RECORD_SCALARS = (
-    np.bool_, np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64,
-    np.float32, np.float64,
-)  # fmt: skip
-#: The numbers a record holds, each exactly by ``struct`` (a float32 unless NaN, whose bits a
-#: double could change; float16 and complex are left to their extensions).
+#: The scalars of :data:`SCALAR_TYPES` that ``struct`` carries exactly, and float32 (unless
+#: NaN, whose bits a double could change); float16 and complex are left to their extensions.
+_RECORD_SCALARS = tuple(k for k in SCALAR_TYPES if _struct_code(np.dtype(k)) or k is np.float32)
+#: The numbers a record holds.
 RECORD_TYPES = (*_RECORD_SCALARS, float, int, bool)
-_RECORD_CODES: dict[type, tuple[int, str]] = {  # type → (type code, struct code)
+_RECORD_CODES: dict[type, tuple[int, str]] = {  # type → (type code, struct code, no byte order)
     **{
-        kind: (0x80 + SCALAR_TYPES.index(kind), _struct_code(np.dtype(kind)) or "<f")
+        kind: (0x80 + SCALAR_TYPES.index(kind), _struct_code(np.dtype(kind))[1:] or "f")
         for kind in _RECORD_SCALARS
     },
-    float: (ord("f"), "<d"),
-    int: (ord("i"), "<q"),
-    bool: (ord("?"), "<?"),
+    float: (ord("f"), "d"),
+    int: (ord("i"), "q"),
+    bool: (ord("?"), "?"),
 }
-_RECORD_TYPES = {code: (kind, struct_code[1:]) for kind, (code, struct_code) in _RECORD_CODES.items()}
-_HEADER_SIZE = struct.Struct("<H")
+_RECORD_TYPES = {code: (kind, struct_code) for kind, (code, struct_code) in _RECORD_CODES.items()}
+_RECORD_HEADER_SIZE = struct.Struct("<H")
 _RECORD_MAKERS: dict[tuple[tuple[Any, ...], tuple[type, ...]], Callable[[Any], Any] | None] = {}
 #: A record's header → (keys, its values' unpack_from, their types (or the one type of all), end).
 _RECORD_READERS: dict[bytes, tuple[tuple[str, ...], Callable[..., tuple[Any, ...]], Any, int]] = {}
@@ -383,7 +381,7 @@ def _record_maker(keys: tuple[Any, ...], kinds: tuple[type, ...]) -> Callable[[A
     header = _record_header(keys, kinds)
     maker = None
     if header is not None:
-        codes = "".join(_RECORD_CODES[kind][1][1:] for kind in kinds)
+        codes = "".join(_RECORD_CODES[kind][1] for kind in kinds)
         pack = functools.partial(struct.Struct(f"<H{len(header)}s{codes}").pack, len(header), header)
         if np.float32 in kinds or int in kinds:  # a NaN or an int beyond int64 may come
             float32s = tuple(kind is np.float32 for kind in kinds) if np.float32 in kinds else None
@@ -435,7 +433,7 @@ def read_record(data: bytes) -> dict[str, Any]:
     """The dict of an ``EXT_RECORD`` payload; ProtocolError if it is malformed."""
     if len(data) < 3:
         raise ProtocolError("malformed record: too short")
-    end = 2 + _HEADER_SIZE.unpack_from(data)[0]
+    end = 2 + _RECORD_HEADER_SIZE.unpack_from(data)[0]
     header = data[2:end]
     reader = _RECORD_READERS.get(header) or _record_reader(header)
     keys, unpack, kinds, size = reader
@@ -621,13 +619,18 @@ def unflat(data: Any, ext_hook: Callable[[int, bytes], Any]) -> list[Any]:
     return items
 
 
+#: The extensions read from their payload alone, by code (a step's observation, reward, info).
+READERS: dict[int, Callable[[bytes], Any]] = {
+    EXT_NDARRAY: read_array,
+    EXT_SCALAR: read_scalar,
+    EXT_RECORD: read_record,
+}
+
+
 def ext_hook(code: int, data: bytes) -> Any:
-    if code == EXT_SCALAR:  # the most frequent: an info dict's numbers
-        return read_scalar(data)
-    if code == EXT_RECORD:
-        return read_record(data)
-    if code == EXT_NDARRAY:
-        return read_array(data)
+    reader = READERS.get(code)
+    if reader is not None:
+        return reader(data)
     if code == EXT_TUPLE:
         return tuple(msgpack.unpackb(data, **UNPACK))
     raise ProtocolError(f"unknown msgpack extension type {code}")

@@ -3,8 +3,9 @@
 
 python benchmarks/sb3_ppo.py --image .images/gymnasium.sif [--steps 20000] [--rounds 2] [--profile]
 
-Local: make_vec_env (DummyVecEnv of 4 Monitor-wrapped CartPoles); remote 1x4: 1 container of
-4 envs; remote 4x1: 4 containers of 1 env; interleaved rounds, the same PPO and seed.
+Local: make_vec_env (DummyVecEnv of 4 Monitor-wrapped CartPoles); subproc: make_vec_env's
+SubprocVecEnv (4 processes, for scale); remote 1x4: 1 container of 4 envs; remote 4x1: 4
+containers of 1 env; interleaved rounds, the same PPO and seed.
 ``--profile``: cProfile of the remote runs' ``learn``, its top 25 by own time.
 """
 
@@ -35,7 +36,7 @@ def main() -> int:
     profile = cProfile.Profile() if args.profile else None
     learn = clients.cartpole_learn(args.image, args.steps, args.rounds, profile=profile, threads=args.threads)
     label = f"PPO CartPole ×{clients.CARTPOLE_ENVS}, {args.steps:,} steps, torch threads {args.threads}"
-    print(table(clients.learn_rows(label, learn, clients.CARTPOLE_LABELS, 1.05)))
+    print(table(clients.learn_rows(label, learn, clients.CARTPOLE_LABELS, 1.05, clients.CARTPOLE_SCALE)))
     vec_steps = args.steps / clients.CARTPOLE_ENVS
     for kind, runs in learn.items():
         waited = statistics.median(r["step_wait"] for r in runs)

@@ -4,8 +4,9 @@ against gymnasium's own vector envs.
 
 * PPO ``MlpPolicy`` on 4 CartPoles (``gymnasium.sif``): SB3's ``make_vec_env`` (a
   ``DummyVecEnv``) against :func:`remote.sb3.make_vec` with 1 container of 4 envs and with 4
-  containers of 1 env; the same seed and PPO kwargs, envs made before the clock starts,
-  interleaved rounds (local, 1x4, 4x1, then again).
+  containers of 1 env, and, for scale, ``make_vec_env``'s ``SubprocVecEnv`` (4 processes,
+  no container); the same seed and PPO kwargs, envs made before the clock starts,
+  interleaved rounds (local, subproc, 1x4, 4x1, then again).
 * PPO ``CnnPolicy`` on Breakout (``envs.sif``), ``AtariPreprocessing(frame_skip=4)`` on a
   ``frameskip=1`` base and ``FrameStackObservation(4)`` made in the container, through
   :func:`remote.sb3.make_vec`; the local reference is the same ``make_vec_env`` PPO in the
@@ -15,7 +16,9 @@ against gymnasium's own vector envs.
   against the best of ``SyncVectorEnv`` and ``AsyncVectorEnv`` of 8 envs in the image's own
   Python, for HalfCheetah, LunarLander, Breakout and CarRacing: the same pre-drawn random
   actions, ``reset(seed=0)``, gymnasium's default (next-step) autoreset. The median and p99
-  are of one vector step (µs); the ratio is of env-steps per second over all the steps.
+  are of one vector step (µs); the ratio is of env-steps per second over all the steps. For
+  scale, :class:`Workers`: 2 worker processes of 4 envs in the image, sleeping or spinning
+  while they wait, which is make_vec's design with nothing of remote's.
 
 Torch runs with :data:`TORCH_THREADS` thread(s) on both sides of every PPO row. Learn time
 is ``model.learn`` alone; ``extra`` also holds the seconds spent in ``step_wait``.
@@ -48,14 +51,19 @@ from .report import Options, Row, measured, missing
 TORCH_THREADS = 1
 
 CARTPOLE_ID, CARTPOLE_ENVS = "CartPole-v1", 4
-#: benchmarks/sb3_ppo.py's PPO, and its CartPole cases: name → envs per container (None: local).
+#: benchmarks/sb3_ppo.py's PPO, and its CartPole cases: name → envs per container (None: local,
+#: in this process; 0: local, SB3's SubprocVecEnv, one process per env).
 PPO_KWARGS: dict[str, Any] = dict(n_steps=128, batch_size=64, n_epochs=2, seed=0, device="cpu", verbose=0)
-CARTPOLE_KINDS: dict[str, int | None] = {"local": None, "remote 1x4": 4, "remote 4x1": 1}
+CARTPOLE_KINDS: dict[str, int | None] = {"local": None, "subproc": 0, "remote 1x4": 4, "remote 4x1": 1}
 CARTPOLE_LABELS = {
     "local": "local DummyVecEnv (make_vec_env)",
+    "subproc": "local SubprocVecEnv (make_vec_env), 4 processes × 1 env",
     "remote 1x4": "remote.sb3.make_vec, 1 container × 4 envs",
     "remote 4x1": "remote.sb3.make_vec, 4 containers × 1 env",
 }
+#: The cases printed for scale, without a target: what SB3's own multi-process VecEnv costs
+#: (4 processes on 2 CPUs pay a wake-up each per step, as 4 containers do).
+CARTPOLE_SCALE = ("subproc",)
 
 #: tests/test_sb3_atari.py's env, server-side preprocessing and PPO.
 ATARI_ID = "ALE/Breakout-v5"
@@ -75,11 +83,17 @@ THROUGHPUT_ENVS = {
     "CarRacing-v3": (300, 100),  # some 8 ms an env step: every frame is rendered in software
 }
 VECTOR_ENVS, ENVS_PER_CONTAINER = 8, 4
+_WORKERS = f"{VECTOR_ENVS // ENVS_PER_CONTAINER} processes × {ENVS_PER_CONTAINER} envs (socketpair, pickle)"
 THROUGHPUT_LABELS = {
     "sync": f"SyncVectorEnv of {VECTOR_ENVS}, the image's Python",
     "async": f"AsyncVectorEnv of {VECTOR_ENVS}, the image's Python",
+    "workers": f"{_WORKERS}, sleeping, the image's Python",
+    "workers spinning": f"{_WORKERS}, spinning, the image's Python",
     "remote": f"make_vec({VECTOR_ENVS}, envs_per_container={ENVS_PER_CONTAINER})",
 }
+#: The cases printed for scale: the least a vector env of worker processes does (make_vec's
+#: design without remote), its workers sleeping or spinning while they wait for actions.
+THROUGHPUT_SCALE = ("workers", "workers spinning")
 THROUGHPUT_TARGET = "env-steps/s ≥ 1.0×"
 
 #: The host venv's site-packages: torch and SB3 for the image's reference PPO.
@@ -153,6 +167,107 @@ def step_times(envs: Any, actions: Any) -> list[float]:
     return out
 
 
+class Workers:
+    """``n`` envs in forked worker processes of ``per`` envs each, actions and results
+    pickled over a socketpair: the least a vector env of processes does, make_vec's design
+    without remote (an env that ends is reset within the step). ``spin``: the workers poll
+    their socket instead of sleeping on it. Self-contained: the image's Python runs this source."""
+
+    def __init__(self, env_id: str, n: int, per: int, spin: bool) -> None:
+        import os
+        import socket
+
+        self.slices = [(start, min(start + per, n)) for start in range(0, n, per)]
+        self.sockets: list[Any] = []
+        self.pids: list[int] = []
+        for start, stop in self.slices:
+            mine, theirs = socket.socketpair()
+            pid = os.fork()
+            if pid == 0:
+                mine.close()
+                try:
+                    Workers.serve(theirs, env_id, stop - start, spin)
+                finally:
+                    os._exit(0)
+            theirs.close()
+            self.sockets.append(mine)
+            self.pids.append(pid)
+
+    @staticmethod
+    def send(sock: Any, value: Any) -> None:
+        import pickle
+
+        body = pickle.dumps(value)
+        sock.sendall(len(body).to_bytes(4, "little") + body)
+
+    @staticmethod
+    def receive(sock: Any) -> Any:
+        import pickle
+
+        def exactly(count: int) -> bytes:
+            chunks = []
+            while count:
+                try:
+                    chunk = sock.recv(count)
+                except BlockingIOError:  # a spinning worker's socket
+                    continue
+                if not chunk:
+                    raise EOFError
+                chunks.append(chunk)
+                count -= len(chunk)
+            return b"".join(chunks)
+
+        return pickle.loads(exactly(int.from_bytes(exactly(4), "little")))
+
+    @staticmethod
+    def serve(sock: Any, env_id: str, count: int, spin: bool) -> None:
+        import gymnasium
+
+        envs = [gymnasium.make(env_id) for _ in range(count)]
+        sock.setblocking(not spin)
+        while True:
+            try:
+                op, args = Workers.receive(sock)
+            except EOFError:
+                return
+            if op == "reset":
+                results = [env.reset(seed=args + i)[0] for i, env in enumerate(envs)]
+            else:
+                results = []
+                for env, action in zip(envs, args, strict=True):
+                    obs, reward, terminated, truncated, info = env.step(action)
+                    if terminated or truncated:
+                        obs, _ = env.reset()
+                    results.append((obs, reward, terminated, truncated, info))
+            sock.setblocking(True)
+            Workers.send(sock, results)
+            sock.setblocking(not spin)
+
+    def exchange(self, requests: list[Any]) -> list[Any]:
+        for sock, request in zip(self.sockets, requests, strict=True):
+            Workers.send(sock, request)
+        return [result for sock in self.sockets for result in Workers.receive(sock)]
+
+    def reset(self, seed: int) -> Any:
+        import numpy
+
+        return numpy.stack(self.exchange([("reset", seed + start) for start, _ in self.slices]))
+
+    def step(self, actions: Any) -> Any:
+        import numpy
+
+        results = self.exchange([("step", actions[start:stop]) for start, stop in self.slices])
+        return numpy.stack([r[0] for r in results]), [r[1:] for r in results]
+
+    def close(self) -> None:
+        import os
+
+        for sock in self.sockets:
+            sock.close()
+        for pid in self.pids:
+            os.waitpid(pid, 0)
+
+
 def _source(*functions: Callable[..., Any]) -> str:
     return "\n\n".join(textwrap.dedent(inspect.getsource(f)) for f in functions)
 
@@ -182,7 +297,8 @@ envs.close()
 print(json.dumps(result))
 """
 
-#: The throughput references in the image's Python: argv env id, actions .npy, number of envs.
+#: The throughput references in the image's Python: argv env id, actions .npy, number of
+#: envs, envs per worker process.
 THROUGHPUT_REFERENCE = """
 import json, sys
 import ale_py, gymnasium, numpy
@@ -191,10 +307,16 @@ from gymnasium.vector import AsyncVectorEnv, SyncVectorEnv
 
 {functions}
 
-env_id, actions, n = sys.argv[1], numpy.load(sys.argv[2]), int(sys.argv[3])
+env_id, actions, n, per = sys.argv[1], numpy.load(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+makers = {{
+    "sync": lambda: SyncVectorEnv([lambda: gymnasium.make(env_id)] * n),
+    "async": lambda: AsyncVectorEnv([lambda: gymnasium.make(env_id)] * n),
+    "workers": lambda: Workers(env_id, n, per, spin=False),
+    "workers spinning": lambda: Workers(env_id, n, per, spin=True),
+}}
 out = {{}}
-for name, kind in (("sync", SyncVectorEnv), ("async", AsyncVectorEnv)):
-    envs = kind([lambda: gymnasium.make(env_id)] * n)
+for name, make in makers.items():
+    envs = make()
     try:
         out[name] = step_times(envs, actions)
     finally:
@@ -204,9 +326,14 @@ print(json.dumps(out))
 
 
 def learn_rows(
-    label: str, learn: dict[str, list[dict[str, Any]]], kinds: dict[str, str], target: float
+    label: str,
+    learn: dict[str, list[dict[str, Any]]],
+    kinds: dict[str, str],
+    target: float,
+    scale: tuple[str, ...] = (),
 ) -> list[Row]:
-    """One row per case of learn times (µs); the first case is the reference of the others."""
+    """One row per case of learn times (µs); the first case is the reference of the others,
+    whose ratio must meet ``target``, but for the cases of ``scale`` (their ratio alone)."""
     (base, base_label), *others = kinds.items()
 
     def row(kind: str, **fields: Any) -> Row:
@@ -224,16 +351,9 @@ def learn_rows(
     for kind, _ in others:
         ratio = statistics.median(r["seconds"] for r in learn[kind]) / reference
         same = learn[kind][0]["episodes"] == learn[base][0]["episodes"]
-        out.append(
-            row(
-                kind,
-                reference=base_label,
-                ratio=f"{ratio:.2f}×",
-                target=f"≤ {target:.2f}×",
-                met=ratio <= target,
-                note="" if same else "its episodes differ from the reference's",
-            )
-        )
+        goal: dict[str, Any] = {} if kind in scale else {"target": f"≤ {target:.2f}×", "met": ratio <= target}
+        note = "" if same else "its episodes differ from the reference's"
+        out.append(row(kind, reference=base_label, ratio=f"{ratio:.2f}×", note=note, **goal))
     return out
 
 
@@ -248,22 +368,23 @@ def cartpole_learn(
     """:func:`timed_learn` of each of :data:`CARTPOLE_KINDS`, ``rounds`` interleaved rounds;
     ``profile`` (a ``cProfile.Profile``) covers the remote runs' ``learn``."""
     from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import SubprocVecEnv
 
     import remote.sb3
 
     learn: dict[str, list[dict[str, Any]]] = {kind: [] for kind in CARTPOLE_KINDS}
     for round_ in range(rounds):
-        for kind, per in CARTPOLE_KINDS.items():  # local, 1x4, 4x1, then again: drift hits all alike
+        for kind, per in CARTPOLE_KINDS.items():  # every case, then again: drift hits all alike
             if per is None:
                 envs = make_vec_env(CARTPOLE_ID, n_envs=CARTPOLE_ENVS, seed=0)
+            elif per == 0:
+                envs = make_vec_env(CARTPOLE_ID, n_envs=CARTPOLE_ENVS, seed=0, vec_env_cls=SubprocVecEnv)
             else:
                 envs = remote.sb3.make_vec(
                     CARTPOLE_ID, CARTPOLE_ENVS, image=image, envs_per_container=per, seed=0
                 )
             try:
-                run = timed_learn(
-                    envs, "MlpPolicy", steps, PPO_KWARGS, threads, None if per is None else profile
-                )
+                run = timed_learn(envs, "MlpPolicy", steps, PPO_KWARGS, threads, profile if per else None)
             finally:
                 envs.close()
             learn[kind].append(run)
@@ -274,7 +395,8 @@ def cartpole_learn(
 
 def _cartpole_rows(options: Options, steps: int, rounds: int, label: str) -> list[Row]:
     options.log(f"PPO on {CARTPOLE_ENVS} CartPoles, {steps} steps × {rounds} rounds ...")
-    return learn_rows(label, cartpole_learn(options.image, steps, rounds, options.log), CARTPOLE_LABELS, 1.05)
+    learn = cartpole_learn(options.image, steps, rounds, options.log)
+    return learn_rows(label, learn, CARTPOLE_LABELS, 1.05, CARTPOLE_SCALE)
 
 
 def _atari_rows(options: Options, steps: int, rounds: int, label: str) -> list[Row]:
@@ -303,14 +425,15 @@ def _atari_rows(options: Options, steps: int, rounds: int, label: str) -> list[R
 
 
 def _throughput_rows(options: Options, env_id: str, steps: int, rounds: int) -> list[Row]:
-    """SyncVectorEnv, AsyncVectorEnv (in the image) and make_vec (from the host) of ``env_id``."""
+    """SyncVectorEnv, AsyncVectorEnv and :class:`Workers` (in the image), and make_vec (from
+    the host) of ``env_id``."""
     import remote
 
     n, per = VECTOR_ENVS, ENVS_PER_CONTAINER
     options.log(f"stepping {n} × {env_id}, {steps} steps × {rounds} rounds ...")
     labels = THROUGHPUT_LABELS
     label = f"{env_id} ×{n}, per vector step"
-    script = THROUGHPUT_REFERENCE.format(functions=_source(step_times))
+    script = THROUGHPUT_REFERENCE.format(functions=_source(step_times, Workers))
     samples: dict[str, list[float]] = {kind: [] for kind in labels}
     envs = remote.make_vec(env_id, n, image=options.envs_image, envs_per_container=per)
     try:
@@ -319,10 +442,10 @@ def _throughput_rows(options: Options, env_id: str, steps: int, rounds: int) -> 
         with tempfile.TemporaryDirectory(prefix="rmt-bench-") as directory:
             path = os.path.join(directory, "actions.npy")
             np.save(path, actions)
-            for _ in range(rounds):  # the image's sync and async, then make_vec, then again
-                local = run_in_image(options.envs_image, script, [env_id, path, str(n)], binds=[directory])
-                samples["sync"] += local["sync"]
-                samples["async"] += local["async"]
+            for _ in range(rounds):  # the image's references, then make_vec, then again
+                args = [env_id, path, str(n), str(per)]
+                for kind, values in run_in_image(options.envs_image, script, args, binds=[directory]).items():
+                    samples[kind] += values
                 samples["remote"] += step_times(envs, actions)
     finally:
         envs.close()
@@ -334,11 +457,22 @@ def _throughput_rows(options: Options, env_id: str, steps: int, rounds: int) -> 
         measured(f"{label}: {labels[k]}", samples[k], extra={"env_steps_per_s": rate[k]})
         for k in ("sync", "async")
     ]
+    faster = labels[best].split(",")[0] + " (the faster)"
+    out += [
+        measured(
+            f"{label}: {labels[k]}",
+            samples[k],
+            reference=faster,
+            ratio=f"{rate[k] / rate[best]:.2f}×",
+            extra={"env_steps_per_s": rate[k]},
+        )
+        for k in THROUGHPUT_SCALE
+    ]
     out.append(
         measured(
             f"{label}: {labels['remote']}",
             samples["remote"],
-            reference=labels[best].split(",")[0] + " (the faster)",
+            reference=faster,
             ratio=f"{ratio:.2f}×",
             target=THROUGHPUT_TARGET,
             met=ratio >= 1.0,
@@ -381,7 +515,10 @@ def rows(options: Options) -> list[Row]:
     out: list[Row] = []
     steps, rounds = (4096, 2) if quick else (20_000, 2)
     label = f"SB3 PPO CartPole ×{CARTPOLE_ENVS}, {steps:,} steps, torch threads {TORCH_THREADS}, learn"
-    names = [(f"{label}: {v}", "" if k == "local" else "≤ 1.05×") for k, v in CARTPOLE_LABELS.items()]
+    names = [
+        (f"{label}: {v}", "" if k == "local" or k in CARTPOLE_SCALE else "≤ 1.05×")
+        for k, v in CARTPOLE_LABELS.items()
+    ]
     why = _missing_sb3() or _missing_image(options.image)
     out += _guarded(options, names, why, lambda: _cartpole_rows(options, steps, rounds, label))
 

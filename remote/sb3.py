@@ -28,7 +28,6 @@ import os
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from copy import deepcopy
 from typing import Any
 
 import numpy as np
@@ -110,7 +109,7 @@ class RemoteVecEnv(VecEnv):
         self._reset_seeds()
         self._reset_options()
         self._rewards = [[] for _ in range(self.num_envs)]
-        return deepcopy(observations)
+        return observations
 
     def step_async(self, actions: np.ndarray) -> None:
         self._actions = actions
@@ -150,7 +149,7 @@ class RemoteVecEnv(VecEnv):
             info["TimeLimit.truncated"] = truncated and not terminated
             info["terminal_observation"] = last_obs
             infos[i] = info
-        return deepcopy(observations), rewards.astype(np.float32), dones, infos
+        return observations, rewards.astype(np.float32), dones, infos
 
     def close(self) -> None:
         """Close the envs and stop their containers. Safe to call more than once."""

@@ -49,8 +49,8 @@ class EnvGroups:
 
     The containers start concurrently; each request goes to every container before any reply
     is read. Observations are batched with gymnasium's ``batch_space``/``concatenate`` rules
-    into one buffer (``(num_envs, *shape)`` arrays, a dict or tuple of them), which later
-    calls overwrite: copy it to keep it.
+    (``(num_envs, *shape)`` arrays, a dict or tuple of them), new for every call: the
+    caller owns them.
     """
 
     def __init__(
@@ -215,13 +215,18 @@ class EnvGroups:
             raise ProtocolError(f"malformed {op} reply for {count} envs")
 
     def _batch(self, groups: list[Any]) -> Any:
-        """Batch the groups' observations (each stacked in one array, or a list) into the buffer."""
-        if all(type(g) is np.ndarray for g in groups) and isinstance(self._observations, np.ndarray):
-            np.concatenate(groups, axis=0, out=self._observations)  # as concatenate's np.stack(out=)
-        else:
-            observations = [obs for group in groups for obs in group]
-            self._observations = concatenate(self.single_observation_space, observations, self._observations)
-        return self._observations
+        """Batch the groups' observations (each stacked in one array, or a list) as
+        gymnasium's ``concatenate`` does, in memory the caller owns: the one group's array as
+        it came (new memory from the wire) where it has the batch's dtype and shape, else a
+        new array, or a copy of the buffer of a dict or tuple space."""
+        buffer = self._observations
+        if isinstance(buffer, np.ndarray) and all(type(g) is np.ndarray for g in groups):
+            if len(groups) == 1 and groups[0].dtype == buffer.dtype and groups[0].shape == buffer.shape:
+                return groups[0]
+            return np.concatenate(groups, axis=0, out=np.empty_like(buffer))  # as np.stack(out=) casts
+        observations = [obs for group in groups for obs in group]
+        self._observations = concatenate(self.single_observation_space, observations, buffer)
+        return deepcopy(self._observations)
 
     def close(self) -> None:
         """Close the envs and stop their containers. Safe to call more than once."""
@@ -238,9 +243,11 @@ class EnvGroups:
 class RemoteVectorEnv(VectorEnv):
     """``num_envs`` copies of an env, ``envs_per_container`` to a container; see :func:`make_vec`.
 
-    Observations are batched with gymnasium's ``batch_space``/``concatenate`` rules;
-    ``step`` returns float64 rewards and bool terminations/truncations, infos merged as
-    gymnasium's vector envs do. ``close()`` stops the containers.
+    Observations are batched with gymnasium's ``batch_space``/``concatenate`` rules, in new
+    memory at every call (``copy`` is accepted as ``SyncVectorEnv``'s and changes nothing:
+    what a copy would protect is never overwritten); ``step`` returns float64 rewards and
+    bool terminations/truncations, infos merged as gymnasium's vector envs do. ``close()``
+    stops the containers.
     """
 
     def __init__(
@@ -288,15 +295,12 @@ class RemoteVectorEnv(VectorEnv):
         if options is not None and "reset_mask" in options:
             raise ValueError("options['reset_mask'] is not supported by remote vector envs")
         observations, each = self.groups.reset(seeds, options)
-        return self._out(observations), self._merged(each)
+        return observations, self._merged(each)
 
     def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Step every env (an env that ended on the previous step is reset instead)."""
         observations, rewards, terminations, truncations, each = self.groups.step(actions)
-        return self._out(observations), rewards, terminations, truncations, self._merged(each)
-
-    def _out(self, observations: Any) -> Any:
-        return deepcopy(observations) if self.copy else observations
+        return observations, rewards, terminations, truncations, self._merged(each)
 
     def _merged(self, each: list[dict[str, Any]]) -> dict[str, Any]:
         """One info per env, merged as gymnasium's vector envs merge them (``_add_info``);

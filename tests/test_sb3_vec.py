@@ -86,18 +86,21 @@ def _same_info(got: dict, want: dict) -> None:
 def _compare(envs, local, steps: int, seed: int) -> dict[str, int]:
     """Step both with the same random actions; count what happened."""
     assert envs.seed(seed) == local.seed(seed) == [seed + i for i in range(envs.num_envs)]
-    _same_obs(envs.reset(), local.reset())
+    obs = envs.reset()
+    _same_obs(obs, local.reset())
     assert envs.reset_infos == local.reset_infos
     space = local.action_space
     space.seed(seed)
     counts = {"terminated": 0, "truncated": 0, "episodes": 0}
     for _ in range(steps):
+        kept, as_kept = obs, obs.copy()
         actions = np.stack([space.sample() for _ in range(local.num_envs)])
         (obs, rewards, dones, infos), (l_obs, l_rewards, l_dones, l_infos) = (
             envs.step(actions),
             local.step(actions),
         )
         _same_obs(obs, l_obs)
+        _same_obs(kept, as_kept)  # the observations handed out before are not overwritten
         assert rewards.dtype == l_rewards.dtype == np.float32 and rewards.tobytes() == l_rewards.tobytes()
         assert dones.dtype == l_dones.dtype == np.bool_ and np.array_equal(dones, l_dones)
         assert len(infos) == len(l_infos) == envs.num_envs

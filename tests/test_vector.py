@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from copy import deepcopy
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -40,13 +42,16 @@ def _same(a, b) -> None:
 
 def _compare(remote_envs, local_envs, steps: int, seed) -> int:
     """Step both with the same actions; return how many autoresets happened."""
-    _same(*(e.reset(seed=seed)[0] for e in (remote_envs, local_envs)))
+    got = remote_envs.reset(seed=seed)
+    _same(got[0], local_envs.reset(seed=seed)[0])
     local_envs.action_space.seed(1)
     autoresets = 0
     for _ in range(steps):
+        kept, as_kept = got[0], deepcopy(got[0])
         actions = local_envs.action_space.sample()
         got, want = remote_envs.step(actions), local_envs.step(actions)
         _same(got[0], want[0])
+        _same(kept, as_kept)  # the observations handed out before are not overwritten
         for g, w in zip(got[1:4], want[1:4], strict=True):
             assert g.dtype == w.dtype and np.array_equal(g, w)
         assert got[4].keys() == want[4].keys()
@@ -69,6 +74,22 @@ def test_cartpole_trajectories_equal_sync_vector_env_across_autoresets(image):
         envs.close()
         local.close()
     assert all(not r.alive for r in envs._runners)
+
+
+@pytest.mark.parametrize("per", [3, 2])
+def test_observations_of_another_dtype_than_the_space_are_cast_as_gymnasium_casts_them(
+    image, test_env_options, per
+):
+    envs = remote.make_vec(
+        "testenvs:WideObservationEnv", 3, image=image, envs_per_container=per, runner_options=test_env_options
+    )
+    local = gym.vector.SyncVectorEnv([_local_test_env("WideObservationEnv")] * 3)
+    try:
+        assert envs.observation_space.dtype == np.float32
+        _compare(envs, local, 5, seed=0)  # float64 from the env, float32 in the batch, as SyncVectorEnv
+    finally:
+        envs.close()
+        local.close()
 
 
 def test_dict_tuple_spaces_batched_as_gymnasium_does(image, test_env_options):

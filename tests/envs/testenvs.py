@@ -76,6 +76,24 @@ class FaultyEnv(gym.Env):
         return np.array([self.count], dtype=np.float32), 1.0, False, False, {}
 
 
+class WideObservationEnv(gym.Env):
+    """Observations of float64 in a float32 space (as DACBench's): a vector env casts them."""
+
+    def __init__(self) -> None:
+        self.observation_space = spaces.Box(0.0, np.inf, (2,), np.float32)
+        self.action_space = spaces.Discrete(2)
+        self.count = 0
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        self.count = 0
+        return np.array([seed or 0, 0.1], dtype=np.float64), {}
+
+    def step(self, action):
+        self.count += 1
+        return np.array([self.count, 0.1 * int(action)], dtype=np.float64), 1.0, self.count == 3, False, {}
+
+
 class SeedIgnoringEnv(gym.Env):
     """Broken on purpose: reset ignores its seed (draws from an unseeded generator)."""
 

@@ -14,7 +14,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -287,6 +287,7 @@ class RemoteRunner:
             uri = f"PYRO:runner@./u:{ready['control']}"
         else:
             uri = f"PYRO:runner@127.0.0.1:{int(ready['control'])}"
+        self._uri = uri
         self._proxy = _control_proxy(uri, self.timeout, ops.hello(self._secret))
         self.info = self._control(ops.INFO)  # the readiness probe: a real request, answered
         log.info(
@@ -310,15 +311,28 @@ class RemoteRunner:
     def _control(self, method: str, *args: Any, base: type[RemoteEnvError] = RemoteEnvError) -> Any:
         """Call ``method`` (one of :data:`remote.protocol.ops.CONTROL_METHODS`) and return its
         result; an error in the container is raised as a ``base``."""
-        with self._lock:
-            if self._closed or self._proxy is None:
+        return self._call(self._proxy, self._lock, method, args, base)
+
+    def _call(
+        self,
+        proxy: Pyro5.api.Proxy | None,
+        lock: Any,
+        method: str,
+        args: Sequence[Any],
+        base: type[RemoteEnvError],
+    ) -> Any:
+        """:meth:`_control` through ``proxy``, which ``lock`` guards."""
+        with lock:
+            if self._closed or proxy is None:
                 raise RemoteError(f"the runner for {self.image} is closed")
-            _claim(self._proxy)  # a proxy is tied to a thread; runners are not
+            _claim(proxy)  # a proxy is tied to a thread; runners are not
             try:
-                reply = getattr(self._proxy, method)(*args)
+                reply = getattr(proxy, method)(*args)
             except Pyro5.errors.TimeoutError:
                 raise self.timeout_error(f"{method} on {self.image}") from None
             except Pyro5.errors.CommunicationError as exc:
+                if self._closed:  # closed by another thread while this call waited
+                    raise RemoteError(f"the runner for {self.image} is closed") from None
                 raise self._refused_or_lost(exc, method) from None
             except Pyro5.errors.PyroError as exc:
                 raise ProtocolError(f"{method}: {type(exc).__name__}: {exc}") from None
@@ -537,6 +551,25 @@ class RemoteRunner:
         """One :data:`remote.protocol.ops.EXPERIMENT` request (codec bytes); its reply."""
         return self._control(ops.EXPERIMENT, request, base=ExperimentError)
 
+    @contextlib.contextmanager
+    def experiment_connection(self) -> Iterator[Callable[[bytes], Any]]:
+        """:meth:`experiment` on a control connection of its own, for one run: its polls wait
+        in the container for up to :data:`remote.runs.POLL_PERIOD`, and on the shared
+        connection each would hold the control lock that long and take it again at once,
+        keeping every other control call of this runner (a ``make`` from another thread,
+        another run's polls) waiting for seconds."""
+        with self._lock:
+            if self._closed or self._proxy is None:
+                raise RemoteError(f"the runner for {self.image} is closed")
+            proxy = _control_proxy(self._uri, self.timeout, ops.hello(self._secret))
+        lock = threading.Lock()
+        try:
+            yield lambda request: self._call(proxy, lock, ops.EXPERIMENT, (request,), ExperimentError)
+        finally:
+            with lock:
+                _claim(proxy)
+                proxy._pyroRelease()  # noqa: SLF001 (Pyro5's public proxy API)
+
     def checkpoint(self, timeout: float | None = None) -> list[int]:
         """Checkpoint every :meth:`run` under way at the end of its episode; wait (at most
         ``timeout`` seconds, default the runner's ``timeout``) until each has. Returns the
@@ -545,9 +578,8 @@ class RemoteRunner:
         Raises:
             CallTimeout: a run did not checkpoint in time (an episode longer than that).
         """
-        # not under the control lock: a run's poll holds it up to POLL_PERIOD and takes it
-        # again at once, so a wait for it could last until the run ends (a copy of the set
-        # is atomic under the GIL; runs add and discard themselves without the lock)
+        # no lock: runs add and discard themselves without one, and a copy of the set is
+        # atomic under the GIL
         runs = list(self.active_runs)
         for active in runs:
             active.request()

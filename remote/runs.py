@@ -263,44 +263,46 @@ def _run_in_container(run: _Run, agent: str, agent_kwargs: dict[str, Any]) -> di
         "video_dir": run.runner.container_path(run.videos),
     }
 
-    def call(request: dict[str, Any]) -> Any:
-        return run.runner.experiment(codec.dumps(request))
+    with run.runner.experiment_connection() as experiment:  # its polls hold no other call back
 
-    number = call({"op": ops.EXPERIMENT_START, "spec": spec})
-    stopping = cancelling = False
-    try:
-        while True:
-            if run.interruptions.terminated is not None and not stopping:
-                call({"op": ops.EXPERIMENT_STOP, "id": number})
-                stopping = True
-            if run.interruptions.overdue and not cancelling:  # the episode is too long to wait for
-                call({"op": ops.EXPERIMENT_CANCEL, "id": number})
-                cancelling = True
-            if run.active.wanted.is_set():
-                run.active.wanted.clear()
-                call({"op": ops.EXPERIMENT_CHECKPOINT, "id": number})
-            try:
-                status = call(
-                    {
-                        "op": ops.EXPERIMENT_POLL,
-                        "id": number,
-                        "wait": min(POLL_PERIOD, run.runner.timeout / 4),
-                    }
-                )
-            except CallTimeout:
-                if run.runner.paused:  # frozen by its manager: wait for it to be thawed
-                    continue
-                raise
-            for recording in status["recordings"]:
-                _encode(run.videos / Path(recording).name, status.get("fps"))
-            run.report(status["checkpoints"], status["checkpoint"], status["episodes"])
-            if status["done"]:
-                return status["summary"]
-    except BaseException:
-        if run.runner.alive:
-            with contextlib.suppress(RemoteError):
-                call({"op": ops.EXPERIMENT_CANCEL, "id": number})
-        raise
+        def call(request: dict[str, Any]) -> Any:
+            return experiment(codec.dumps(request))
+
+        number = call({"op": ops.EXPERIMENT_START, "spec": spec})
+        stopping = cancelling = False
+        try:
+            while True:
+                if run.interruptions.terminated is not None and not stopping:
+                    call({"op": ops.EXPERIMENT_STOP, "id": number})
+                    stopping = True
+                if run.interruptions.overdue and not cancelling:  # the episode is too long to wait for
+                    call({"op": ops.EXPERIMENT_CANCEL, "id": number})
+                    cancelling = True
+                if run.active.wanted.is_set():
+                    run.active.wanted.clear()
+                    call({"op": ops.EXPERIMENT_CHECKPOINT, "id": number})
+                try:
+                    status = call(
+                        {
+                            "op": ops.EXPERIMENT_POLL,
+                            "id": number,
+                            "wait": min(POLL_PERIOD, run.runner.timeout / 4),
+                        }
+                    )
+                except CallTimeout:
+                    if run.runner.paused:  # frozen by its manager: wait for it to be thawed
+                        continue
+                    raise
+                for recording in status["recordings"]:
+                    _encode(run.videos / Path(recording).name, status.get("fps"))
+                run.report(status["checkpoints"], status["checkpoint"], status["episodes"])
+                if status["done"]:
+                    return status["summary"]
+        except BaseException:
+            if run.runner.alive:
+                with contextlib.suppress(RemoteError):
+                    call({"op": ops.EXPERIMENT_CANCEL, "id": number})
+            raise
 
 
 def _run_on_host(run: _Run, agent: Any) -> dict[str, Any]:

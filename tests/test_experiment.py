@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from helpers import children, wait_gone
 
 import remote
 from remote.protocol.runlog import LOG_FIELDS, read_log
+from remote.runs import POLL_PERIOD
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -139,3 +141,29 @@ def test_short_episodes_cost_one_poll_per_period_not_one_per_episode(image, test
     assert summary["episodes"] == 300 and summary["mean_length"] < 12
     assert len(polls) <= took / 0.5 + 2, f"{len(polls)} polls in {took:.2f} s"
     assert polls[-1] == 300 and polls == sorted(polls)
+
+
+def test_control_calls_from_another_thread_are_not_held_back_by_a_runs_polls(
+    image, test_env_options, tmp_path
+):
+    # a run's polls wait in the container for up to POLL_PERIOD each; on the runner's own
+    # control connection they held its lock, and a make from another thread waited 1-2 s
+    with remote.RemoteRunner(image, **test_env_options) as runner:
+        done: list[dict] = []
+        worker = threading.Thread(
+            target=lambda: done.append(
+                runner.run("testagents:random_policy", 8000, env_id="CartPole-v1", log=tmp_path / "run")
+            )
+        )
+        worker.start()
+        time.sleep(0.5)  # the run is polling
+        waits = []
+        for _ in range(5):
+            started = time.monotonic()
+            runner.make("CartPole-v1").close()
+            waits.append(time.monotonic() - started)
+        during = worker.is_alive()
+        worker.join()
+    assert max(waits) < POLL_PERIOD, [f"{w:.2f}" for w in waits]
+    assert during, "the run ended before the makes: they did not meet its polls"
+    assert done[0]["episodes"] == 8000

@@ -324,7 +324,7 @@ class RemoteRunner:
         """:meth:`_control` through ``proxy``, which ``lock`` guards."""
         with lock:
             if self._closed or proxy is None:
-                raise RemoteError(f"the runner for {self.image} is closed")
+                raise self._closed_error()
             _claim(proxy)  # a proxy is tied to a thread; runners are not
             try:
                 reply = getattr(proxy, method)(*args)
@@ -332,7 +332,7 @@ class RemoteRunner:
                 raise self.timeout_error(f"{method} on {self.image}") from None
             except Pyro5.errors.CommunicationError as exc:
                 if self._closed:  # closed by another thread while this call waited
-                    raise RemoteError(f"the runner for {self.image} is closed") from None
+                    raise self._closed_error() from None
                 raise self._refused_or_lost(exc, method) from None
             except Pyro5.errors.PyroError as exc:
                 raise ProtocolError(f"{method}: {type(exc).__name__}: {exc}") from None
@@ -358,6 +358,9 @@ class RemoteRunner:
             finally:
                 if proxy is not None:
                     proxy._pyroTimeout = self.timeout  # noqa: SLF001
+
+    def _closed_error(self) -> RemoteError:
+        return RemoteError(f"the runner for {self.image} is closed")
 
     def _refused_or_lost(self, exc: Exception, what: str) -> RemoteError:
         """VersionMismatch or AuthenticationError if the server refused us, else
@@ -547,20 +550,17 @@ class RemoteRunner:
     #: See :func:`remote.runs.run`.
     run = runs.run
 
-    def experiment(self, request: bytes) -> Any:
-        """One :data:`remote.protocol.ops.EXPERIMENT` request (codec bytes); its reply."""
-        return self._control(ops.EXPERIMENT, request, base=ExperimentError)
-
     @contextlib.contextmanager
     def experiment_connection(self) -> Iterator[Callable[[bytes], Any]]:
-        """:meth:`experiment` on a control connection of its own, for one run: its polls wait
-        in the container for up to :data:`remote.runs.POLL_PERIOD`, and on the shared
-        connection each would hold the control lock that long and take it again at once,
-        keeping every other control call of this runner (a ``make`` from another thread,
-        another run's polls) waiting for seconds."""
+        """A function that sends one :data:`remote.protocol.ops.EXPERIMENT` request (codec
+        bytes) and returns its reply, on a control connection of its own, for one run: its
+        polls wait in the container for up to :data:`remote.runs.POLL_PERIOD`, and on the
+        shared connection each would hold the control lock that long and take it again at
+        once, keeping every other control call of this runner (a ``make`` from another
+        thread, another run's polls) waiting for seconds."""
         with self._lock:
             if self._closed or self._proxy is None:
-                raise RemoteError(f"the runner for {self.image} is closed")
+                raise self._closed_error()
             proxy = _control_proxy(self._uri, self.timeout, ops.hello(self._secret))
         lock = threading.Lock()
         try:

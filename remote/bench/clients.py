@@ -169,19 +169,20 @@ def step_times(envs: Any, actions: Any) -> list[float]:
 
 class Workers:
     """``n`` envs in forked worker processes of ``per`` envs each, actions and results
-    pickled over a socketpair: the least a vector env of processes does, make_vec's design
-    without remote (an env that ends is reset within the step). ``spin``: the workers poll
-    their socket instead of sleeping on it. Self-contained: the image's Python runs this source."""
+    pickled over a socketpair (``multiprocessing.Pipe``): the least a vector env of processes
+    does, make_vec's design without remote (an env that ends is reset within the step).
+    ``spin``: the workers poll their end instead of sleeping on it. Self-contained: the
+    image's Python runs this source."""
 
     def __init__(self, env_id: str, n: int, per: int, spin: bool) -> None:
+        import multiprocessing
         import os
-        import socket
 
         self.slices = [(start, min(start + per, n)) for start in range(0, n, per)]
-        self.sockets: list[Any] = []
+        self.ends: list[Any] = []
         self.pids: list[int] = []
         for start, stop in self.slices:
-            mine, theirs = socket.socketpair()
+            mine, theirs = multiprocessing.Pipe()  # duplex: a socketpair
             pid = os.fork()
             if pid == 0:
                 mine.close()
@@ -190,44 +191,19 @@ class Workers:
                 finally:
                     os._exit(0)
             theirs.close()
-            self.sockets.append(mine)
+            self.ends.append(mine)
             self.pids.append(pid)
 
     @staticmethod
-    def send(sock: Any, value: Any) -> None:
-        import pickle
-
-        body = pickle.dumps(value)
-        sock.sendall(len(body).to_bytes(4, "little") + body)
-
-    @staticmethod
-    def receive(sock: Any) -> Any:
-        import pickle
-
-        def exactly(count: int) -> bytes:
-            chunks = []
-            while count:
-                try:
-                    chunk = sock.recv(count)
-                except BlockingIOError:  # a spinning worker's socket
-                    continue
-                if not chunk:
-                    raise EOFError
-                chunks.append(chunk)
-                count -= len(chunk)
-            return b"".join(chunks)
-
-        return pickle.loads(exactly(int.from_bytes(exactly(4), "little")))
-
-    @staticmethod
-    def serve(sock: Any, env_id: str, count: int, spin: bool) -> None:
+    def serve(end: Any, env_id: str, count: int, spin: bool) -> None:
         import gymnasium
 
         envs = [gymnasium.make(env_id) for _ in range(count)]
-        sock.setblocking(not spin)
         while True:
+            while spin and not end.poll():
+                pass
             try:
-                op, args = Workers.receive(sock)
+                op, args = end.recv()
             except EOFError:
                 return
             if op == "reset":
@@ -239,14 +215,12 @@ class Workers:
                     if terminated or truncated:
                         obs, _ = env.reset()
                     results.append((obs, reward, terminated, truncated, info))
-            sock.setblocking(True)
-            Workers.send(sock, results)
-            sock.setblocking(not spin)
+            end.send(results)
 
     def exchange(self, requests: list[Any]) -> list[Any]:
-        for sock, request in zip(self.sockets, requests, strict=True):
-            Workers.send(sock, request)
-        return [result for sock in self.sockets for result in Workers.receive(sock)]
+        for end, request in zip(self.ends, requests, strict=True):
+            end.send(request)
+        return [result for end in self.ends for result in end.recv()]
 
     def reset(self, seed: int) -> Any:
         import numpy
@@ -262,8 +236,8 @@ class Workers:
     def close(self) -> None:
         import os
 
-        for sock in self.sockets:
-            sock.close()
+        for end in self.ends:
+            end.close()
         for pid in self.pids:
             os.waitpid(pid, 0)
 
